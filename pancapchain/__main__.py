@@ -1,0 +1,5 @@
+import sys
+
+from pancapchain.cli import main
+
+sys.exit(main())

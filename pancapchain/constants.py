@@ -1,0 +1,17 @@
+"""Names shared by every part of the package (one place, so they cannot drift)."""
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+BOX_OPEN = "<box>"
+BOX_CLOSE = "</box>"
+
+# The four PancapChain stages, in chain order.
+STAGES = ("localize", "label", "discover", "caption")
+
+# Box formats a recipe may choose (see pancapchain.data.boxes).
+BOX_FORMATS = ("asmv2", "normalized")
+
+# Integer grid of the ASMv2/PancapChain model box format: coordinates in [0, BOX_GRID].
+BOX_GRID = 1000
+
+DISCOVER_NONE = "None"

@@ -1,0 +1,131 @@
+"""Box formats: normalized floats (the data contract) <-> text the model reads and writes.
+
+Two text formats (a recipe option, ``data.box_format``):
+
+* ``asmv2`` (the paper's): ``<box>[[x1, y1, x2, y2]]</box>`` with integers in ``[0, 1000]`` relative to
+  the image padded to a centered square (LLaVA "pad" mode), so an ASMv2 base is fine-tuned as in the paper.
+* ``normalized``: ``[[x1, y1, x2, y2]]`` with 3 decimals relative to the original image (SA-Pancap style).
+
+Several boxes for one mention share one bracket group: ``[[a, b, c, d], [e, f, g, h]]``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pancapchain.constants import BOX_CLOSE, BOX_FORMATS, BOX_GRID, BOX_OPEN
+from pancapchain.data.schema import Box
+
+_NUM = r"-?\d+(?:\.\d+)?"
+_QUAD = rf"{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}"
+BOX_GROUP_RE = re.compile(
+    rf"(?P<open><box>\s*)?\[\[\s*(?P<body>{_QUAD}(?:\s*\]\s*,\s*\[\s*{_QUAD})*)\s*\]\](?P<close>\s*</box>)?"
+)
+_NUM_RE = re.compile(_NUM)
+
+
+@dataclass(frozen=True)
+class BoxGroup:
+    """One bracket group found in text: its character span, raw numbers, and whether it was ``<box>``-tagged."""
+
+    start: int
+    end: int
+    values: tuple[tuple[float, float, float, float], ...]
+    tagged: bool
+
+    @property
+    def is_integer_grid(self) -> bool:
+        """True when the numbers are model-grid integers (tagged, or any value > 1)."""
+        return self.tagged or any(v > 1.0 for quad in self.values for v in quad)
+
+
+def find_box_groups(text: str) -> list[BoxGroup]:
+    """All bracket groups ``[[..]]`` / ``<box>[[..]]</box>`` in ``text``, in order."""
+    groups = []
+    for m in BOX_GROUP_RE.finditer(text):
+        nums = [float(n) for n in _NUM_RE.findall(m.group("body"))]
+        quads = tuple(tuple(nums[i : i + 4]) for i in range(0, len(nums), 4))
+        groups.append(BoxGroup(m.start(), m.end(), quads, m.group("open") is not None))  # type: ignore[arg-type]
+    return groups
+
+
+def _square_geometry(width: int, height: int) -> tuple[float, float, float]:
+    side = float(max(width, height))
+    return side, (side - width) / 2.0, (side - height) / 2.0
+
+
+def norm_to_grid(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """Normalized xyxy (original image) -> integers in [0, 1000] on the centered padded square."""
+    side, padx, pady = _square_geometry(width, height)
+    x1, y1, x2, y2 = box
+    vals = (
+        (x1 * width + padx) / side,
+        (y1 * height + pady) / side,
+        (x2 * width + padx) / side,
+        (y2 * height + pady) / side,
+    )
+    return tuple(min(BOX_GRID, max(0, round(v * BOX_GRID))) for v in vals)  # type: ignore[return-value]
+
+
+def grid_to_norm(grid: tuple[float, ...], width: int, height: int) -> Box:
+    """Integers in [0, 1000] on the padded square -> normalized xyxy on the original image, clipped to [0, 1]."""
+    side, padx, pady = _square_geometry(width, height)
+    x1, y1, x2, y2 = (v / BOX_GRID * side for v in grid)
+
+    def clip(v: float) -> float:
+        return min(1.0, max(0.0, v))
+
+    return (clip((x1 - padx) / width), clip((y1 - pady) / height), clip((x2 - padx) / width), clip((y2 - pady) / height))
+
+
+def format_normalized(boxes: list[Box] | tuple[Box, ...]) -> str:
+    """``[[0.100, 0.200, 0.400, 0.600]]`` (several boxes: ``[[..], [..]]``)."""
+    inner = "], [".join(", ".join(f"{v:.3f}" for v in b) for b in boxes)
+    return f"[[{inner}]]"
+
+
+def format_grid(grids: list[tuple[int, ...]] | tuple[tuple[int, ...], ...]) -> str:
+    """``<box>[[100, 200, 400, 600]]</box>`` (several boxes: ``<box>[[..], [..]]</box>``)."""
+    inner = "], [".join(", ".join(str(int(v)) for v in g) for g in grids)
+    return f"{BOX_OPEN}[[{inner}]]{BOX_CLOSE}"
+
+
+class BoxCodec:
+    """Encode/decode boxes in one text format for one image size."""
+
+    def __init__(self, box_format: str):
+        if box_format not in BOX_FORMATS:
+            raise ValueError(f"unknown box format {box_format!r}; choose one of {BOX_FORMATS}")
+        self.box_format = box_format
+
+    def encode(self, boxes: list[Box] | tuple[Box, ...], width: int, height: int) -> str:
+        """Normalized boxes (one mention) -> text in this format."""
+        if self.box_format == "asmv2":
+            return format_grid([norm_to_grid(b, width, height) for b in boxes])
+        return format_normalized(boxes)
+
+    def decode_group(self, group: BoxGroup, width: int, height: int) -> list[Box]:
+        """A found bracket group -> normalized boxes (the group's own format decides, not the codec's)."""
+        if group.is_integer_grid:
+            return [grid_to_norm(q, width, height) for q in group.values]
+        return [tuple(min(1.0, max(0.0, v)) for v in q) for q in group.values]  # type: ignore[misc]
+
+    def convert_text(self, text: str, width: int, height: int) -> str:
+        """Rewrite every inline box group of ``text`` (either format) into this codec's format."""
+        pieces, last = [], 0
+        for group in find_box_groups(text):
+            pieces.append(text[last : group.start])
+            pieces.append(self.encode(self.decode_group(group, width, height), width, height))
+            last = group.end
+        pieces.append(text[last:])
+        return "".join(pieces)
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """IoU of two xyxy boxes (any common frame); 0 when the union is empty."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

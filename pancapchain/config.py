@@ -1,0 +1,171 @@
+"""Typed recipe configuration: YAML + ``key=value`` overrides -> validated ``RecipeConfig``.
+
+Sections map 1:1 to dataclasses. OmegaConf's structured merge rejects unknown keys and wrong types;
+``validate`` then collects every cross-field problem and raises once with what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pancapchain.constants import BOX_FORMATS, STAGES
+from pancapchain.model.tiny import TinyModelConfig
+
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
+QUANT_CHOICES = ("none", "4bit")
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run; the message lists every problem and how to fix it."""
+
+
+@dataclass
+class ModelSection:
+    base: str = "tiny"  # "tiny" (built from configs) or a local llava-hf checkpoint directory
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    attn_implementation: str = "auto"  # auto: flash_attention_2 when importable on CUDA, else sdpa
+    precision: str = "auto"  # auto: bf16 where supported, else fp16 on CUDA, fp32 on CPU
+    quantization: str = "none"  # "4bit": QLoRA (language model linear layers only)
+    freeze_vision_tower: bool = True
+    train_projector: bool = True
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraSection:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # Leaf names of the language model's linear layers; "all-linear" finds them all (LLaVA's choice).
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@dataclass
+class DataSection:
+    train: str = ""  # JSONL of panoptic samples
+    val: str = ""  # optional JSONL for eval loss
+    image_root: str = ""  # default: the directory of each JSONL file
+    box_format: str = "asmv2"
+    prompt_version: str = "v1"
+    # Stage -> loss weight; a stage left out (or weight 0) is not trained.
+    stages: dict[str, float] = field(default_factory=lambda: {s: 1.0 for s in STAGES})
+    discover_ratio: list[float] = field(default_factory=lambda: [0.3, 0.7])
+    max_length: int = 2048
+    strict: bool = False  # fail on the first bad record instead of skipping and reporting it
+    max_val_samples: int = 0  # 0 = all
+
+
+@dataclass
+class TrainSection:
+    output_dir: str = "runs/tiny"
+    epochs: float = 1.0
+    max_steps: int = -1
+    per_device_batch_size: int = 4
+    eval_batch_size: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    projector_lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    eval_steps: int = 0  # 0 = evaluate at start and end only
+    save_steps: int = 0  # 0 = save at the end of each epoch
+    save_total_limit: int = 3
+    seed: int = 42
+    group_by_length: bool = True
+    dataloader_workers: int = 0
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    resume: str = "auto"  # auto (latest checkpoint in output_dir if any) | never | a checkpoint path
+    deepspeed: str = ""  # DeepSpeed JSON ("auto" values filled by the Trainer); or use an accelerate config
+    nonfinite_loss: str = "stop"  # stop | skip
+
+
+@dataclass
+class RecipeConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Merge defaults <- YAML file <- ``key=value`` overrides, then validate."""
+    schema = OmegaConf.structured(RecipeConfig)
+    try:
+        merged = schema
+        if path is not None:
+            merged = OmegaConf.merge(merged, OmegaConf.load(str(path)))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: RecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"recipe{where}: {err.msg if hasattr(err, 'msg') else err}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RecipeConfig) -> None:
+    """Raise ConfigError listing every problem (not just the first)."""
+    problems: list[str] = []
+    m, lo, d, t = cfg.model, cfg.lora, cfg.data, cfg.train
+    if m.base != "tiny" and not Path(m.base).is_dir():
+        problems.append(f"model.base={m.base!r}: not 'tiny' and not an existing local directory")
+    if m.attn_implementation not in ATTENTION_CHOICES:
+        problems.append(f"model.attn_implementation must be one of {ATTENTION_CHOICES}")
+    if m.precision not in PRECISION_CHOICES:
+        problems.append(f"model.precision must be one of {PRECISION_CHOICES}")
+    if m.quantization not in QUANT_CHOICES:
+        problems.append(f"model.quantization must be one of {QUANT_CHOICES}")
+    if m.quantization != "none" and not lo.enabled:
+        problems.append("model.quantization=4bit needs lora.enabled=true (quantized weights cannot be trained)")
+    if lo.enabled and (lo.r <= 0 or lo.alpha <= 0):
+        problems.append("lora.r and lora.alpha must be positive")
+    if not 0.0 <= lo.dropout < 1.0:
+        problems.append("lora.dropout must be in [0, 1)")
+    if not lo.enabled and not m.train_projector and m.freeze_vision_tower:
+        problems.append("nothing to train: enable lora, model.train_projector or unfreeze the vision tower")
+    if d.box_format not in BOX_FORMATS:
+        problems.append(f"data.box_format must be one of {BOX_FORMATS}")
+    unknown = sorted(set(d.stages) - set(STAGES))
+    if unknown:
+        problems.append(f"data.stages has unknown stages {unknown}; known: {list(STAGES)}")
+    if any(w < 0 for w in d.stages.values()) or not any(w > 0 for w in d.stages.values()):
+        problems.append("data.stages weights must be >= 0 with at least one stage > 0")
+    lo_r, hi_r = (d.discover_ratio + [0, 0])[:2]
+    if len(d.discover_ratio) != 2 or not 0.0 <= lo_r <= hi_r <= 1.0:
+        problems.append("data.discover_ratio must be [low, high] with 0 <= low <= high <= 1")
+    if d.max_length <= 0:
+        problems.append("data.max_length must be positive")
+    if t.per_device_batch_size <= 0 or t.grad_accum <= 0:
+        problems.append("train.per_device_batch_size and train.grad_accum must be positive")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        problems.append("set train.epochs > 0 or train.max_steps > 0")
+    if t.nonfinite_loss not in ("stop", "skip"):
+        problems.append("train.nonfinite_loss must be 'stop' or 'skip'")
+    if t.deepspeed and not Path(t.deepspeed).is_file():
+        problems.append(f"train.deepspeed={t.deepspeed!r} is not a file")
+    if problems:
+        raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
+
+
+def active_stages(cfg: RecipeConfig) -> list[str]:
+    """Stages with a positive weight, in chain order."""
+    return [s for s in STAGES if cfg.data.stages.get(s, 0.0) > 0]
+
+
+def save_recipe(cfg: RecipeConfig, path: str | Path) -> None:
+    from pancapchain.data.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))

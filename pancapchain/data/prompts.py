@@ -1,0 +1,154 @@
+"""Stage prompts as data: ``prompts/<version>/`` YAML files -> a validated :class:`PromptSet`.
+
+Layout of one version directory (``prompts/v1/`` holds the paper's wording)::
+
+    meta.yaml      version, description, system (the chat system text)
+    localize.yaml  version, stage, template, output      (one file per stage in STAGES)
+    label.yaml     ... template has the placeholder {boxes}     (the stage-1 answer)
+    discover.yaml  ... template has the placeholder {entities}  (the stage-2 answer)
+    caption.yaml   ... template has the placeholder {entities}  (stage-2 + stage-3 answers merged)
+
+A placeholder is ``{name}``; any other brace in a template is an error, so a typo such as ``{boxes``
+cannot reach training data. Unknown keys, missing keys and wrong placeholders are rejected with a
+message naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pancapchain.constants import STAGES
+
+# The placeholders each stage template must contain, exactly.
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "localize": (),
+    "label": ("boxes",),
+    "discover": ("entities",),
+    "caption": ("entities",),
+}
+_STAGE_KEYS = ("version", "stage", "template", "output")
+_META_KEYS = ("version", "description", "system")
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class PromptError(ValueError):
+    """A prompt file that is missing, unreadable or invalid; the message names the file."""
+
+
+@dataclass(frozen=True)
+class StagePrompt:
+    """One stage's template (``{name}`` placeholders) and a one-line description of its target format."""
+
+    stage: str
+    template: str
+    output: str
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """All stage prompts of one version plus the chat system text."""
+
+    version: str
+    system: str
+    description: str
+    stages: dict[str, StagePrompt] = field(default_factory=dict)
+
+    def render(self, stage: str, **fields: str) -> str:
+        """The stage prompt with its placeholders filled; the fields must match the template's exactly."""
+        if stage not in self.stages:
+            raise KeyError(f"prompt set {self.version} has no stage {stage!r}; stages: {list(self.stages)}")
+        prompt = self.stages[stage]
+        given, wanted = set(fields), set(prompt.fields)
+        if given != wanted:
+            raise ValueError(
+                f"prompt {self.version}/{stage} takes fields {sorted(wanted)}, got {sorted(given)}"
+            )
+        return _PLACEHOLDER_RE.sub(lambda m: str(fields[m.group(1)]), prompt.template)
+
+
+def default_prompt_root() -> Path:
+    """``<repo>/prompts``: the directory next to the package (``<repo>/pancapchain/data/prompts.py``).
+
+    Located from this module's own file, which is the same place as ``pancapchain.__file__``'s parent
+    but also works when ``pancapchain`` is imported as a namespace package (``__file__`` None).
+    """
+    return Path(__file__).resolve().parents[2] / "prompts"
+
+
+def load_prompts(version: str = "v1", root: Path | None = None) -> PromptSet:
+    """Load and validate ``<root>/<version>/``; raise :class:`PromptError` naming the bad file."""
+    directory = Path(root if root is not None else default_prompt_root()) / version
+    if not directory.is_dir():
+        raise PromptError(f"prompt directory {directory} does not exist (version {version!r})")
+    meta_path = directory / "meta.yaml"
+    meta = _read_mapping(meta_path, _META_KEYS)
+    _check_version(meta, version, meta_path)
+    stages = {stage: _load_stage(directory / f"{stage}.yaml", stage, version) for stage in STAGES}
+    return PromptSet(
+        version=version,
+        system=_string(meta, "system", meta_path),
+        description=_string(meta, "description", meta_path),
+        stages=stages,
+    )
+
+
+def _load_stage(path: Path, stage: str, version: str) -> StagePrompt:
+    data = _read_mapping(path, _STAGE_KEYS)
+    _check_version(data, version, path)
+    if data["stage"] != stage:
+        raise PromptError(f"{path}: stage is {data['stage']!r}, expected {stage!r} (the file name)")
+    template = _string(data, "template", path)
+    found = _placeholders(template, path)
+    expected = STAGE_FIELDS[stage]
+    if sorted(found) != sorted(expected):
+        raise PromptError(
+            f"{path}: template placeholders {sorted(found)} differ from the expected {sorted(expected)}"
+        )
+    return StagePrompt(stage, template, _string(data, "output", path), expected)
+
+
+def _read_mapping(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise PromptError(f"{path}: missing prompt file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise PromptError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise PromptError(f"{path}: expected a mapping with keys {list(keys)}, got {type(data).__name__}")
+    unknown = sorted(str(k) for k in data if k not in keys)
+    if unknown:
+        raise PromptError(f"{path}: unknown keys {unknown}; allowed keys are {list(keys)}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise PromptError(f"{path}: missing keys {missing}")
+    return data
+
+
+def _check_version(data: dict[str, Any], version: str, path: Path) -> None:
+    if data["version"] != version:
+        raise PromptError(f"{path}: version is {data['version']!r}, expected {version!r} (the directory name)")
+
+
+def _string(data: dict[str, Any], key: str, path: Path) -> str:
+    value = data[key]
+    if not isinstance(value, str) or not value.strip():
+        raise PromptError(f"{path}: {key!r} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _placeholders(template: str, path: Path) -> list[str]:
+    """Placeholder names in order; a brace outside a ``{name}`` placeholder is an error."""
+    leftover = _PLACEHOLDER_RE.sub("", template)
+    if "{" in leftover or "}" in leftover:
+        raise PromptError(f"{path}: template has a stray brace outside a {{name}} placeholder: {template!r}")
+    names = _PLACEHOLDER_RE.findall(template)
+    if len(set(names)) != len(names):
+        raise PromptError(f"{path}: template repeats a placeholder: {names}")
+    return names

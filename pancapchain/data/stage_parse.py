@@ -1,0 +1,182 @@
+"""The text format of PancapChain stage outputs: writing item lists, and parsing them back.
+
+Both directions live here so the training targets (built in :mod:`pancapchain.data.stages`) and the
+parser used by chained inference cannot drift apart. Formats (``asmv2`` codec; the ``normalized`` codec
+writes ``[[0.100, 0.200, 0.300, 0.400]]`` instead of ``<box>[[100, 200, 300, 400]]</box>``)::
+
+    stage 1 (localize)      <box>[[x1, y1, x2, y2]]</box>, <box>[[...]]</box>
+    stages 2/3 (label/...)  tag <box>[[x1, y1, x2, y2]]</box>, tag2 <box>[[...]]</box>
+    empty list              None          (stage-3 target "nothing is missing", or an empty prompt list)
+    stage 4 (caption)       free text with a box group after each grounded mention
+
+Tags are written *cleaned* (:func:`clean_tag`): the characters ``, ; [ ] < >`` become spaces and runs of
+whitespace collapse to one space, since those characters delimit items; an item list therefore parses
+back to exactly the items written. Unlike the paper's post-processing, the parser keeps every
+well-formed item after a malformed one and reports what it could not read.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pancapchain.constants import DISCOVER_NONE, STAGES
+from pancapchain.data.boxes import BoxCodec, BoxGroup, find_box_groups
+from pancapchain.data.schema import Box
+
+_TAG_DELIMITERS_RE = re.compile(r"[,;\[\]<>]")
+# The tag of an item = the run of text right before its box group that holds no delimiter or newline.
+_TAG_TAIL_RE = re.compile(r"[^,;\[\]<>\r\n]*\Z")
+_SEPARATORS = " \t\r\n,;"
+_NONE_RE = re.compile(rf"\s*{DISCOVER_NONE}[\s.,;:!]*", re.IGNORECASE)
+# Box debris outside any complete group in a caption (a group cut off by truncation, a stray tag).
+_DEBRIS_RE = re.compile(r"(?:<box>\s*)?\[\[[\d\s.,\[\]-]*|<box>|</box>")
+
+
+def clean_tag(tag: str) -> str:
+    """A tag as it is written in stage texts: item delimiters ``, ; [ ] < >`` -> spaces, whitespace collapsed."""
+    return " ".join(_TAG_DELIMITERS_RE.sub(" ", tag).split())
+
+
+@dataclass(frozen=True)
+class StageItem:
+    """One entity of a stage output: an optional tag and its normalized xyxy boxes on the original image."""
+
+    tag: str | None  # None for stage-1 (box-only) items
+    boxes: tuple[Box, ...]
+
+
+@dataclass(frozen=True)
+class StageParse:
+    """What a stage output contained.
+
+    ``items``: the well-formed items in text order, exact (tag, boxes) repeats removed (counted in
+    ``duplicates``); ``none``: the text was exactly "None" (nothing listed, nothing missing);
+    ``malformed``: text fragments that are not part of a well-formed item (including an item cut off
+    by truncation), in text order.
+    """
+
+    items: tuple[StageItem, ...]
+    none: bool
+    malformed: tuple[str, ...]
+    duplicates: int
+
+
+def format_items(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int) -> str:
+    """Items -> ``tag <box>..</box>, ...`` (``<box>..</box>, ...`` for tag-less items); ``"None"`` if empty.
+
+    Raises ValueError for an item without boxes or whose tag is empty after :func:`clean_tag`.
+    """
+    if not items:
+        return DISCOVER_NONE
+    return ", ".join(_format_item(item, codec, width, height) for item in items)
+
+
+def _format_item(item: StageItem, codec: BoxCodec, width: int, height: int) -> str:
+    if not item.boxes:
+        raise ValueError(f"stage item {item!r} has no boxes")
+    box_text = codec.encode(list(item.boxes), width, height)
+    if item.tag is None:
+        return box_text
+    tag = clean_tag(item.tag)
+    if not tag:
+        raise ValueError(f"stage item tag {item.tag!r} is empty once item delimiters are removed")
+    return f"{tag} {box_text}"
+
+
+def parse_stage_output(stage: str, text: str, codec: BoxCodec, width: int, height: int) -> StageParse:
+    """Parse one stage's output text into items; never raises on any text.
+
+    Stage 1 items are box groups (tag None); stages 2 and 3 items are ``tag box-group``; for stage 4
+    (free text) the items are the caption's box groups in order, tag None and not deduplicated; the
+    mention phrases are :func:`pancapchain.data.caption_parser.parse_caption`'s job, not repeated here.
+    Either box format is read whatever the codec.
+    Raises ValueError only for an unknown stage or a non-positive image size.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages are {STAGES}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    text = "" if text is None else str(text)
+    if stage == STAGES[3]:
+        return _parse_caption(text, codec, width, height)
+    if _NONE_RE.fullmatch(text):
+        return StageParse((), True, (), 0)
+    return _parse_item_list(text, stage != STAGES[0], codec, width, height)
+
+
+def _parse_item_list(text: str, tagged: bool, codec: BoxCodec, width: int, height: int) -> StageParse:
+    items: list[StageItem] = []
+    seen: set[StageItem] = set()
+    malformed: list[str] = []
+    duplicates, last = 0, 0
+    for group in find_box_groups(text):
+        tag, fragment = _split_prefix(text[last : group.start], tagged)
+        last = group.end
+        if fragment:
+            malformed.append(fragment)
+        boxes = _decode(group, codec, width, height)
+        if boxes is None or (tagged and not tag):
+            malformed.append(f"{tag or ''} {text[group.start : group.end]}".strip())
+            continue
+        item = StageItem(tag if tagged else None, boxes)
+        if item in seen:
+            duplicates += 1
+            continue
+        seen.add(item)
+        items.append(item)
+    tail = text[last:].strip(_SEPARATORS)
+    if tail:
+        malformed.append(tail)
+    return StageParse(tuple(items), False, tuple(malformed), duplicates)
+
+
+def _split_prefix(prefix: str, tagged: bool) -> tuple[str, str]:
+    """The text between two box groups -> (tag of the next item, malformed leftover before the tag)."""
+    if not tagged:
+        return "", prefix.strip(_SEPARATORS)
+    tail = _TAG_TAIL_RE.search(prefix)
+    start = tail.start() if tail else len(prefix)
+    return clean_tag(prefix[start:]), prefix[:start].strip(_SEPARATORS)
+
+
+def _decode(group: BoxGroup, codec: BoxCodec, width: int, height: int) -> tuple[Box, ...] | None:
+    """Normalized boxes of a group, or None when a box is non-finite or inverted (x2 < x1 or y2 < y1)."""
+    boxes = tuple(tuple(b) for b in codec.decode_group(group, width, height))
+    for x1, y1, x2, y2 in boxes:
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 < x1 or y2 < y1:
+            return None
+    return boxes  # type: ignore[return-value]
+
+
+def _parse_caption(text: str, codec: BoxCodec, width: int, height: int) -> StageParse:
+    items: list[StageItem] = []
+    malformed: list[str] = []
+    last = 0
+    for group in find_box_groups(text):
+        malformed.extend(_debris(text[last : group.start]))
+        last = group.end
+        boxes = _decode(group, codec, width, height)
+        if boxes is None:
+            malformed.append(text[group.start : group.end])
+        else:
+            items.append(StageItem(None, boxes))
+    malformed.extend(_debris(text[last:]))
+    return StageParse(tuple(items), False, tuple(malformed), 0)
+
+
+def _debris(gap: str) -> list[str]:
+    return [m.group().strip() for m in _DEBRIS_RE.finditer(gap)]
+
+
+def merge_discovered(known: Sequence[StageItem], found: Sequence[StageItem]) -> list[StageItem]:
+    """Stage-2 items followed by the stage-3 items that repeat none of them exactly (order kept)."""
+    merged = list(known)
+    seen = set(merged)
+    for item in found:
+        if item not in seen:
+            seen.add(item)
+            merged.append(item)
+    return merged

@@ -1,0 +1,169 @@
+"""Four-stage PancapChain training samples from one :class:`PanopticSample` (and, re-exported from
+:mod:`pancapchain.data.stage_parse`, the parser that reads the same format back at inference).
+
+One sample yields up to four (prompt, target) pairs; the prompt is the rendered stage template
+without the image token and without the chat template. With entities E1..En in entity (= caption)
+order, each with its cleaned tag and one box::
+
+    localize  prompt: template                        target: E1 box, ..., En box
+    label     prompt: template(boxes=<stage-1 text>)  target: E1 tag box, ..., En tag box
+    discover  prompt: template(entities=<known>)      target: <missing>, or "None" if nothing is missing
+    caption   prompt: template(entities=<all items>)  target: the caption, its boxes in the codec's format
+
+Stage 3 split: a fraction f ~ U(discover_ratio) of the entities is missing; the count is f*n rounded
+stochastically (floor(f*n + u), u ~ U[0, 1)), so with one entity it is sometimes all known (target
+"None") and sometimes none known; an empty known list is rendered as "None", the same text the model
+writes for an empty stage-3 answer. The split depends only on (seed, sample id) through a SHA-256
+hash, never on Python's salted ``hash()``. Known and missing items keep entity order.
+
+Repeats: an item whose text (cleaned tag + box in the codec's format) repeats an earlier one is left
+out of the item lists, and a repeated box out of the stage-1 list, exactly as the parser drops exact
+repeats, so every target parses back to the items it was built from (the caption is left as written).
+
+Zero-entity samples: stages 1-3 are skipped (a real image without entities is almost always an
+importer miss, and teaching "None" for localization would hurt); stage 4 is kept when the caption is
+not empty, with "None" as its item list. An empty caption skips stage 4. The caption target is
+stripped of surrounding whitespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pancapchain.constants import STAGES
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.prompts import PromptSet
+from pancapchain.data.schema import PanopticSample, SampleError
+from pancapchain.data.stage_parse import (
+    StageItem,
+    StageParse,
+    clean_tag,
+    format_items,
+    merge_discovered,
+    parse_stage_output,
+)
+
+__all__ = [
+    "StageExample",
+    "StageItem",
+    "StageParse",
+    "build_stage_examples",
+    "clean_tag",
+    "discover_split",
+    "entity_items",
+    "format_items",
+    "merge_discovered",
+    "parse_stage_output",
+]
+
+
+@dataclass(frozen=True)
+class StageExample:
+    """One supervised (prompt, target) pair; the prompt excludes the image token and the chat template."""
+
+    sample_id: str
+    stage: str
+    image: str
+    width: int
+    height: int
+    prompt: str
+    target: str
+
+
+def entity_items(sample: PanopticSample) -> list[StageItem]:
+    """The sample's entities as tagged stage items (cleaned tag, one box), in entity order.
+
+    Raises SampleError naming the sample when a tag is empty once cleaned.
+    """
+    items = []
+    for ent in sample.entities:
+        tag = clean_tag(ent.tag)
+        if not tag:
+            raise SampleError(sample.id, f"entity {ent.id} has an empty tag {ent.tag!r}; stage items need one")
+        items.append(StageItem(tag, (ent.box,)))
+    return items
+
+
+def discover_split(sample_id: str, n: int, ratio: tuple[float, float], seed: int) -> list[bool]:
+    """Per entity, True if it is *missing* in the stage-3 example (deterministic in (seed, sample_id))."""
+    digest = hashlib.sha256(f"{seed}\x00{sample_id}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    fraction = rng.uniform(*ratio)
+    n_missing = min(n, math.floor(fraction * n + rng.random()))
+    missing = set(rng.sample(range(n), n_missing))
+    return [i in missing for i in range(n)]
+
+
+def build_stage_examples(
+    sample: PanopticSample,
+    prompts: PromptSet,
+    codec: BoxCodec,
+    stages: Sequence[str] = STAGES,
+    discover_ratio: tuple[float, float] = (0.3, 0.7),
+    seed: int = 0,
+) -> list[StageExample]:
+    """The sample's stage examples, in the order of ``stages`` (skips as in the module docstring).
+
+    Raises ValueError for an unknown stage or a bad ratio, SampleError for an entity with an empty tag.
+    """
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; stages are {STAGES}")
+    lo, hi = discover_ratio
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"discover_ratio must satisfy 0 <= low <= high <= 1, got {discover_ratio}")
+    items = _unique(entity_items(sample), codec, sample.width, sample.height)
+    out = []
+    for stage in stages:
+        pair = _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed)
+        if pair is not None:
+            out.append(StageExample(sample.id, stage, sample.image, sample.width, sample.height, *pair))
+    return out
+
+
+def _build_pair(
+    stage: str,
+    sample: PanopticSample,
+    items: list[StageItem],
+    prompts: PromptSet,
+    codec: BoxCodec,
+    ratio: tuple[float, float],
+    seed: int,
+) -> tuple[str, str] | None:
+    """(prompt, target) of one stage, or None when the sample has nothing to teach in that stage."""
+    w, h = sample.width, sample.height
+
+    def text(some: Sequence[StageItem]) -> str:
+        return format_items(some, codec, w, h)
+
+    if stage == "caption":
+        caption = sample.caption.strip()
+        if not caption:
+            return None
+        return prompts.render(stage, entities=text(items)), codec.convert_text(caption, w, h)
+    if not items:
+        return None
+    if stage == "localize":
+        return prompts.render(stage), text(_unique(_box_only(items), codec, w, h))
+    if stage == "label":
+        return prompts.render(stage, boxes=text(_unique(_box_only(items), codec, w, h))), text(items)
+    missing = discover_split(sample.id, len(items), ratio, seed)
+    known = [it for it, gone in zip(items, missing) if not gone]
+    found = [it for it, gone in zip(items, missing) if gone]
+    return prompts.render(stage, entities=text(known)), text(found)
+
+
+def _box_only(items: Sequence[StageItem]) -> list[StageItem]:
+    return [StageItem(None, it.boxes) for it in items]
+
+
+def _unique(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int) -> list[StageItem]:
+    """Items whose written text repeats no earlier item's (first occurrence kept, order kept)."""
+    by_text: dict[str, StageItem] = {}
+    for item in items:
+        by_text.setdefault(format_items([item], codec, width, height), item)
+    return list(by_text.values())

@@ -1,0 +1,86 @@
+"""Batch stage rows into model inputs: chat template, image expansion, prompt masking, right padding.
+
+Prompt and answer are tokenized separately and concatenated, so the supervised prefix is byte-identical to
+what inference feeds the model (``render_prompt``), and image tokens are never truncated (the dataset drops
+over-long rows before they get here).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import ProcessorMixin
+
+from pancapchain.constants import IGNORE_INDEX, STAGES
+from pancapchain.model.chat import completion_text, render_prompt
+
+log = logging.getLogger(__name__)
+
+
+class PancapCollator:
+    """Rows (dicts from ``build_stage_dataset``) -> batch dict.
+
+    Returns:
+        input_ids, attention_mask, labels: (B, L) long; labels are IGNORE_INDEX on prompt, image and padding.
+        pixel_values: (B, 3, S, S) float.
+        stage_ids: (B,) long, index into STAGES.
+        loss_weights: (B,) float, the recipe's per-stage weight.
+        sample_ids: list of B "sample_id/stage" strings (named in errors).
+    """
+
+    def __init__(
+        self,
+        processor: ProcessorMixin,
+        system: str | None = None,
+        stage_weights: Mapping[str, float] | None = None,
+    ):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.system = system
+        self.stage_weights = dict(stage_weights or {s: 1.0 for s in STAGES})
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set one before training")
+
+    def _load_images(self, rows: Sequence[Mapping]) -> tuple[list[Mapping], list[Image.Image]]:
+        kept, images = [], []
+        for row in rows:
+            try:
+                with Image.open(row["image"]) as img:
+                    images.append(img.convert("RGB"))
+                kept.append(row)
+            except Exception as err:  # decode failures are logged per record, the batch goes on
+                log.warning("skipping %s/%s: cannot decode %s (%s)", row["sample_id"], row["stage"], row["image"], err)
+        if not kept:
+            names = ", ".join(f"{r['sample_id']}/{r['stage']}" for r in rows)
+            raise RuntimeError(f"no decodable image in batch ({names}); run `pancapchain validate-data`")
+        return kept, images
+
+    def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        rows, images = self._load_images(rows)
+        prompts = [render_prompt(self.processor, row["prompt"], self.system) for row in rows]
+        enc = self.processor(text=prompts, images=images, return_tensors=None)
+        answers = self.tokenizer(
+            [completion_text(row["target"]) for row in rows], add_special_tokens=False
+        )["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        sequences, labels = [], []
+        for prompt_ids, answer_ids in zip(enc["input_ids"], answers):
+            answer = list(answer_ids) + [eos]
+            sequences.append(list(prompt_ids) + answer)
+            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer)
+        width = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id
+        batch = {
+            "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in sequences]),
+            "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+            "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
+            "pixel_values": torch.as_tensor(np.stack(enc["pixel_values"])),
+            "stage_ids": torch.tensor([STAGES.index(row["stage"]) for row in rows]),
+            "loss_weights": torch.tensor([float(self.stage_weights.get(row["stage"], 1.0)) for row in rows]),
+            "sample_ids": [f"{row['sample_id']}/{row['stage']}" for row in rows],
+        }
+        return batch

@@ -1,0 +1,145 @@
+"""Panoptic JSONL -> validated four-stage rows -> a ``datasets.Dataset`` with a ``length`` column.
+
+Every bad record (malformed line, contract violation, missing/corrupt image, image outside the root, over-long
+sample, empty target) is skipped into a SkipReport that names it; ``strict=True`` raises on the first one.
+Images are decoded later, in the collator; here they are only opened and verified once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import datasets
+from PIL import Image
+from tqdm import tqdm
+from transformers import ProcessorMixin
+
+from pancapchain.constants import STAGES
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.io import SkipReport, load_samples
+from pancapchain.data.prompts import PromptSet
+from pancapchain.data.schema import PanopticSample, SampleError, resolve_image
+from pancapchain.data.stages import StageExample, build_stage_examples
+from pancapchain.model.chat import completion_text, render_prompt
+
+
+def image_problem(path: Path) -> str | None:
+    """Why an image cannot be used (missing, unreadable, corrupt), or None when it opens and verifies."""
+    if not path.is_file():
+        return f"missing image: {path}"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as err:  # PIL raises many types for corrupt files
+        return f"corrupt image: {path} ({type(err).__name__}: {err})"
+    return None
+
+
+def _check_sample(sample: PanopticSample, image_root: Path) -> tuple[Path, str | None]:
+    try:
+        path = resolve_image(image_root, sample.image, sample.id)
+    except SampleError as err:
+        return Path(), f"bad image path: {err.problem}"
+    return path, image_problem(path)
+
+
+def collect_stage_examples(
+    jsonl: str | Path,
+    image_root: str | Path | None,
+    prompts: PromptSet,
+    codec: BoxCodec,
+    stages: Sequence[str] = STAGES,
+    discover_ratio: tuple[float, float] = (0.3, 0.7),
+    seed: int = 0,
+    strict: bool = False,
+    max_samples: int = 0,
+) -> tuple[list[tuple[StageExample, Path]], SkipReport]:
+    """Validated samples -> (stage example, absolute image path) pairs, with a report of what was skipped."""
+    samples, report = load_samples(jsonl, strict=strict)
+    if max_samples > 0:
+        samples = samples[:max_samples]
+    root = Path(image_root) if image_root else Path(jsonl).parent
+    out: list[tuple[StageExample, Path]] = []
+    kept = 0
+    for sample in tqdm(samples, desc=f"checking {Path(jsonl).name}", leave=False):
+        path, problem = _check_sample(sample, root)
+        if problem is not None:
+            if strict:
+                raise SampleError(sample.id, problem)
+            report.skip(sample.id, problem)
+            continue
+        examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed)
+        out.extend((ex, path) for ex in examples)
+        kept += 1
+    report.kept = kept
+    return out, report
+
+
+@lru_cache(maxsize=64)
+def _image_token_count(processor: ProcessorMixin, height: int, width: int) -> int:
+    return int(processor._get_num_multimodal_tokens(image_sizes=[[height, width]]).num_image_tokens[0])
+
+
+def sequence_lengths(
+    examples: Sequence[StageExample], processor: ProcessorMixin, system: str | None
+) -> list[int]:
+    """Tokens per example after image expansion: prompt (with N image tokens) + answer + EOS."""
+    tok = processor.tokenizer
+    prompts = [render_prompt(processor, ex.prompt, system) for ex in examples]
+    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
+    answer_ids = tok([completion_text(ex.target) for ex in examples], add_special_tokens=False)["input_ids"]
+    return [
+        len(p) - 1 + _image_token_count(processor, ex.height, ex.width) + len(a) + 1
+        for ex, p, a in zip(examples, prompt_ids, answer_ids)
+    ]
+
+
+def build_stage_dataset(
+    pairs: Sequence[tuple[StageExample, Path]],
+    processor: ProcessorMixin,
+    system: str | None,
+    max_length: int,
+    report: SkipReport,
+    strict: bool = False,
+) -> datasets.Dataset:
+    """Rows for the collator; over-long or empty-target examples are dropped and reported, never truncated."""
+    lengths = sequence_lengths([ex for ex, _ in pairs], processor, system) if pairs else []
+    rows = []
+    for (ex, path), length in zip(pairs, lengths):
+        problem = None
+        if length > max_length:
+            problem = f"over-long: {length} tokens > data.max_length={max_length} (dropped, not truncated)"
+        elif not ex.target.strip():
+            problem = "empty target: nothing to supervise"
+        if problem is not None:
+            if strict:
+                raise SampleError(f"{ex.sample_id}/{ex.stage}", problem)
+            report.skip(f"{ex.sample_id}/{ex.stage}", problem)
+            continue
+        rows.append(
+            {
+                "sample_id": ex.sample_id,
+                "stage": ex.stage,
+                "image": str(path),
+                "width": ex.width,
+                "height": ex.height,
+                "prompt": ex.prompt,
+                "target": ex.target,
+                "length": length,
+            }
+        )
+    features = datasets.Features(
+        {
+            "sample_id": datasets.Value("string"),
+            "stage": datasets.Value("string"),
+            "image": datasets.Value("string"),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+            "prompt": datasets.Value("string"),
+            "target": datasets.Value("string"),
+            "length": datasets.Value("int32"),
+        }
+    )
+    return datasets.Dataset.from_list(rows, features=features)

@@ -1,0 +1,196 @@
+"""Training entry point: ``accelerate launch train.py --recipe RECIPE.yaml [key=value ...]``.
+
+Reads the recipe, validates the data (every skip reported by name), builds base + LoRA, evaluates at the start,
+trains with ``PancapTrainer`` (resuming from the latest checkpoint when one exists), evaluates at the end, and
+writes ``metrics.json``, ``data_report.json`` and the final checkpoint into ``train.output_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from pancapchain.config import ConfigError, RecipeConfig, active_stages, load_recipe, save_recipe
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.io import SkipReport, atomic_write_json
+from pancapchain.data.prompts import load_prompts
+from pancapchain.model.build import build_trainable, projector_parameter_names, select_dtype
+from pancapchain.model.checkpoint import CheckpointWriter, checkpoint_meta
+from pancapchain.train.collator import PancapCollator
+from pancapchain.train.dataset import build_stage_dataset, collect_stage_examples
+from pancapchain.train.trainer import PancapTrainer
+
+log = logging.getLogger("pancapchain.train")
+
+
+def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
+    args = parser.parse_args(argv)
+    return args.recipe, args.overrides
+
+
+def training_arguments(cfg: RecipeConfig, has_eval: bool) -> TrainingArguments:
+    t = cfg.train
+    dtype = select_dtype(cfg.model.precision)
+    return TrainingArguments(
+        output_dir=t.output_dir,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.eval_batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a fraction of the total steps (transformers 5)
+        lr_scheduler_type=t.scheduler,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if (has_eval and t.eval_steps > 0) else "no",
+        eval_steps=t.eval_steps or None,
+        save_strategy="steps" if t.save_steps > 0 else "epoch",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
+        fp16=dtype == torch.float16,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        length_column_name="length",
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        dataloader_num_workers=t.dataloader_workers,
+        report_to=list(t.report_to),
+        deepspeed=t.deepspeed or None,
+        disable_tqdm=False,
+        save_only_model=False,
+    )
+
+
+def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
+    return collect_stage_examples(
+        path,
+        cfg.data.image_root or None,
+        prompts,
+        codec,
+        active_stages(cfg),
+        tuple(cfg.data.discover_ratio),
+        cfg.train.seed,
+        cfg.data.strict,
+        max_samples,
+    )
+
+
+@dataclass
+class Run:
+    """Everything a training run is made of (tests and other entry points reuse the pieces)."""
+
+    cfg: RecipeConfig
+    trainer: PancapTrainer
+    processor: object
+    train_ds: datasets.Dataset
+    val_ds: datasets.Dataset | None
+    reports: list[SkipReport]
+
+
+def build_run(cfg: RecipeConfig) -> Run:
+    """Validate data, build base + LoRA and the trainer; writes data_report.json and recipe.yaml."""
+    if not cfg.data.train:
+        raise ConfigError("invalid recipe:\n  - data.train is empty: give a JSONL of panoptic samples")
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.train.seed)
+    prompts = load_prompts(cfg.data.prompt_version)
+    codec = BoxCodec(cfg.data.box_format)
+    train_pairs, train_report = _data(cfg, prompts, codec, cfg.data.train)
+    val_pairs, val_report = ([], None)
+    if cfg.data.val:
+        val_pairs, val_report = _data(cfg, prompts, codec, cfg.data.val, cfg.data.max_val_samples)
+    texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, _ in train_pairs]
+    tiny_base_dir = out / "tiny_base" if cfg.model.base == "tiny" else None
+    model, processor = build_trainable(cfg, texts, save_base_to=tiny_base_dir)
+    strict, max_len, system = cfg.data.strict, cfg.data.max_length, prompts.system
+    train_ds = build_stage_dataset(train_pairs, processor, system, max_len, train_report, strict)
+    val_ds = None
+    if val_report is not None:
+        val_ds = build_stage_dataset(val_pairs, processor, system, max_len, val_report, strict)
+    reports = [r for r in (train_report, val_report) if r is not None]
+    for report in reports:
+        (log.warning if report.n_skipped else log.info)(report.summary())
+    atomic_write_json(out / "data_report.json", {"reports": [r.to_dict() for r in reports]})
+    save_recipe(cfg, out / "recipe.yaml")
+    base_ref = "tiny" if tiny_base_dir is not None else str(Path(cfg.model.base).resolve())
+    writer = CheckpointWriter(cfg, checkpoint_meta(cfg, prompts.version, system, base_ref), tiny_base_dir)
+    trainer = PancapTrainer(
+        model=model,
+        args=training_arguments(cfg, val_ds is not None),
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=PancapCollator(processor, system, cfg.data.stages),
+        processing_class=processor,
+        projector_lr=cfg.train.projector_lr,
+        projector_param_names=projector_parameter_names(model),
+        nonfinite_loss=cfg.train.nonfinite_loss,
+        checkpoint_writer=writer,
+    )
+    return Run(cfg, trainer, processor, train_ds, val_ds, reports)
+
+
+def run_training(cfg: RecipeConfig) -> dict:
+    """Train per the recipe; returns the metrics also written to ``output_dir/metrics.json``."""
+    run = build_run(cfg)
+    trainer, out = run.trainer, Path(cfg.train.output_dir)
+    metrics: dict = {"train_stage_rows": len(run.train_ds), "val_stage_rows": len(run.val_ds or [])}
+    metrics["skipped_records"] = sum(r.n_skipped for r in run.reports)
+    resume = _resume_point(cfg, out)
+    if run.val_ds is not None and resume is None:
+        metrics["eval_loss_start"] = trainer.evaluate()["eval_loss"]
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics.update({"train_" + k.removeprefix("train_"): v for k, v in result.metrics.items()})
+    metrics["train_wall_seconds"] = round(time.time() - started, 1)
+    if run.val_ds is not None:
+        metrics["eval_loss_end"] = trainer.evaluate()["eval_loss"]
+        if "eval_loss_start" in metrics:
+            drop = 1.0 - metrics["eval_loss_end"] / metrics["eval_loss_start"]
+            metrics["eval_loss_drop"] = round(drop, 4) if math.isfinite(drop) else None
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _resume_point(cfg: RecipeConfig, out: Path) -> str | None:
+    mode = cfg.train.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+    if not Path(mode).is_dir():
+        raise ConfigError(f"invalid recipe:\n  - train.resume={mode!r} is not a checkpoint directory")
+    return mode
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe, overrides = parse_args(argv)
+    try:
+        cfg = load_recipe(recipe, overrides)
+        metrics = run_training(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        return 2
+    for key in ("eval_loss_start", "eval_loss_end", "eval_loss_drop", "train_wall_seconds"):
+        if key in metrics:
+            print(f"{key}: {metrics[key]}")
+    return 0

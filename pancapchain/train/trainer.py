@@ -1,0 +1,168 @@
+"""``PancapTrainer``: a small ``transformers.Trainer`` subclass (see docs/design.md for why a subclass).
+
+What it adds to the Trainer (resume, logging, accumulation, mixed precision, ZeRO-aware saving come with it):
+- the loss: token-level cross-entropy weighted per stage, normalised over the whole accumulated batch;
+  auxiliary losses (e.g. a mask head) plug in through ``aux_losses`` without touching this file;
+- per-stage losses in the logs (``loss_localize`` ... and ``eval_loss_localize`` ...);
+- a separate learning rate for the multimodal projector;
+- a non-finite loss guard (stop with the step and sample ids, or skip the step);
+- checkpoints that load on their own: adapter + projector + processor + recipe + metadata (+ tiny base).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from pancapchain.constants import IGNORE_INDEX, STAGES
+
+# An auxiliary loss gets (model outputs, batch) and returns {"name": scalar tensor}; the sum joins the LM loss.
+AuxLoss = Callable[[object, dict], dict[str, torch.Tensor]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss is NaN/inf and the recipe says stop (``train.nonfinite_loss=stop``)."""
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy per position.
+
+    Args:
+        logits: (B, L, V); labels: (B, L) with IGNORE_INDEX where unsupervised.
+    Returns:
+        losses (B, L-1) float32 (0 where ignored) and mask (B, L-1) bool of supervised positions.
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    losses = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view_as(shift_labels)
+    return losses, shift_labels != IGNORE_INDEX
+
+
+class PancapTrainer(Trainer):
+    def __init__(
+        self,
+        *args,
+        projector_lr: float | None = None,
+        projector_param_names: set[str] | None = None,
+        nonfinite_loss: str = "stop",
+        max_skipped_steps: int = 5,
+        aux_losses: Sequence[AuxLoss] = (),
+        checkpoint_writer: Callable[[str], None] | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.projector_lr = projector_lr
+        self.projector_param_names = projector_param_names or set()
+        self.nonfinite_loss = nonfinite_loss
+        self.max_skipped_steps = max_skipped_steps
+        self.skipped_steps = 0
+        self.aux_losses = list(aux_losses)
+        self.checkpoint_writer = checkpoint_writer
+        self.loss_is_scaled_for_ga = True  # compute_loss normalises over the accumulated batch itself
+        self._stage_sums = {True: torch.zeros(len(STAGES)), False: torch.zeros(len(STAGES))}
+        self._stage_counts = {True: torch.zeros(len(STAGES)), False: torch.zeros(len(STAGES))}
+        self._aux_logs: dict[str, list[float]] = {}
+
+    # ----------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        stage_ids = inputs.pop("stage_ids")
+        weights = inputs.pop("loss_weights")
+        sample_ids = inputs.pop("sample_ids", None)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        losses, mask = token_losses(outputs.logits, labels)
+        weighted = (losses * weights[:, None].to(losses.dtype) * mask).sum()
+        if num_items_in_batch is not None:
+            loss = weighted / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # num_items counts every rank's tokens
+        else:
+            loss = weighted / mask.sum().clamp(min=1)
+            if model.training:
+                loss = loss / self.args.gradient_accumulation_steps
+        for aux in self.aux_losses:
+            for name, value in aux(outputs, {**inputs, "labels": labels, "stage_ids": stage_ids}).items():
+                loss = loss + value
+                self._aux_logs.setdefault(name, []).append(float(value.detach()))
+        self._record_stages(losses.detach(), mask, stage_ids, model.training)
+        loss = self._guard_nonfinite(loss, sample_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_stages(self, losses, mask, stage_ids, training: bool) -> None:
+        per_sample = (losses * mask).sum(dim=1).cpu()
+        counts = mask.sum(dim=1).cpu().float()
+        self._stage_sums[training].index_add_(0, stage_ids.cpu(), per_sample)
+        self._stage_counts[training].index_add_(0, stage_ids.cpu(), counts)
+
+    def _guard_nonfinite(self, loss: torch.Tensor, sample_ids) -> torch.Tensor:
+        if torch.isfinite(loss).all():
+            self.skipped_steps = 0
+            return loss
+        where = f"step {self.state.global_step}, samples {list(sample_ids) if sample_ids else '?'}"
+        if self.nonfinite_loss == "stop":
+            raise NonFiniteLossError(f"non-finite loss {loss.item()} at {where}; nothing was saved after it")
+        self.skipped_steps += 1
+        if self.skipped_steps > self.max_skipped_steps:
+            raise NonFiniteLossError(f"{self.skipped_steps} consecutive non-finite losses (last at {where})")
+        # Zero loss with the graph kept: gradients are zero, so this batch changes nothing.
+        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+
+    # ------------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        training = "loss" in logs
+        if training or "eval_loss" in logs:
+            prefix = "loss_" if training else "eval_loss_"
+            sums, counts = self._stage_sums[training], self._stage_counts[training]
+            for i, stage in enumerate(STAGES):
+                if counts[i] > 0:
+                    logs[prefix + stage] = round(float(sums[i] / counts[i]), 4)
+            sums.zero_()
+            counts.zero_()
+        if training:
+            for name, values in self._aux_logs.items():
+                logs[name] = round(sum(values) / len(values), 4)
+            self._aux_logs.clear()
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None):
+        """Like the Trainer's, plus a parameter group for the projector with its own learning rate."""
+        if self.optimizer is not None or not self.projector_param_names or self.projector_lr is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, param in opt_model.named_parameters():
+            if param.requires_grad:
+                groups.setdefault((name in self.projector_param_names, name in decay), []).append(param)
+        param_groups = []
+        for (is_projector, has_decay), params in groups.items():
+            group = {"params": params, "weight_decay": self.args.weight_decay if has_decay else 0.0}
+            if is_projector:
+                group["lr"] = self.projector_lr
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # -------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if state_dict is not None:
+            bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        else:
+            bad = [n for n, p in self.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:3]})")
+        super()._save(output_dir, state_dict=state_dict)
+        if self.checkpoint_writer is not None:
+            self.checkpoint_writer(output_dir)

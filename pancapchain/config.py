@@ -53,7 +53,7 @@ class DataSection:
     image_root: str = ""  # default: the directory of each JSONL file
     box_format: str = "asmv2"
     prompt_version: str = "v1"
-    # Stage -> loss weight; a stage left out (or weight 0) is not trained.
+    # Stage -> loss weight; weight 0 = not trained (keys merge with these defaults, so set 0 to drop one).
     stages: dict[str, float] = field(default_factory=lambda: {s: 1.0 for s in STAGES})
     discover_ratio: list[float] = field(default_factory=lambda: [0.3, 0.7])
     max_length: int = 2048

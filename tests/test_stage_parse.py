@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -115,6 +117,14 @@ def test_empty_text_and_argument_errors():
         parse("segment", "x")
     with pytest.raises(ValueError, match="image size"):
         parse_stage_output("label", "x", ASMV2, 0, 10)
+
+
+def test_long_inputs_parse_in_linear_time():
+    # A long tag-less run before a delimiter once cost O(n^2) with a backtracking tail regex.
+    started = time.perf_counter()
+    out = parse("label", "a" * 200_000 + ", cat <box>[[1, 2, 3, 4]]</box>" + ", dog <box>[[5, 6, 7" * 2000)
+    assert time.perf_counter() - started < 2.0
+    assert out.items == (item("cat", 1, 2, 3, 4),) and len(out.malformed) == 2
 
 
 def test_merge_discovered_appends_only_new_items_in_order():

@@ -26,9 +26,10 @@ from pancapchain.constants import DISCOVER_NONE, STAGES
 from pancapchain.data.boxes import BoxCodec, BoxGroup, find_box_groups
 from pancapchain.data.schema import Box
 
-_TAG_DELIMITERS_RE = re.compile(r"[,;\[\]<>]")
-# The tag of an item = the run of text right before its box group that holds no delimiter or newline.
-_TAG_TAIL_RE = re.compile(r"[^,;\[\]<>\r\n]*\Z")
+_TAG_DELIMITERS = ",;[]<>"
+_TAG_DELIMITERS_RE = re.compile(f"[{re.escape(_TAG_DELIMITERS)}]")
+# The tag of an item is the text right before its box group back to the last delimiter or newline.
+_TAG_STOPS = _TAG_DELIMITERS + "\r\n"
 _SEPARATORS = " \t\r\n,;"
 _NONE_RE = re.compile(rf"\s*{DISCOVER_NONE}[\s.,;:!]*", re.IGNORECASE)
 # Box debris outside any complete group in a caption (a group cut off by truncation, a stray tag).
@@ -137,8 +138,7 @@ def _split_prefix(prefix: str, tagged: bool) -> tuple[str, str]:
     """The text between two box groups -> (tag of the next item, malformed leftover before the tag)."""
     if not tagged:
         return "", prefix.strip(_SEPARATORS)
-    tail = _TAG_TAIL_RE.search(prefix)
-    start = tail.start() if tail else len(prefix)
+    start = max(prefix.rfind(stop) for stop in _TAG_STOPS) + 1  # linear, unlike a backtracking regex
     return clean_tag(prefix[start:]), prefix[:start].strip(_SEPARATORS)
 
 

@@ -70,7 +70,13 @@ def collect_stage_examples(
                 raise SampleError(sample.id, problem)
             report.skip(sample.id, problem)
             continue
-        examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed)
+        try:
+            examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed)
+        except SampleError as err:
+            if strict:
+                raise
+            report.skip(sample.id, f"invalid: {err.problem}")
+            continue
         out.extend((ex, path) for ex in examples)
         kept += 1
     report.kept = kept

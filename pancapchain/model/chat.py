@@ -22,3 +22,14 @@ def render_prompt(processor: ProcessorMixin, prompt: str, system: str | None = N
 def completion_text(target: str) -> str:
     """The supervised answer text; the leading space matches the template's ``ASSISTANT: <answer>`` turn."""
     return " " + target
+
+
+def image_token_count(processor: ProcessorMixin, height: int, width: int) -> int:
+    """How many image tokens the processor expands ``<image>`` into for an image of this size."""
+    return int(processor._get_num_multimodal_tokens(image_sizes=[[height, width]]).num_image_tokens[0])
+
+
+def expand_image_tokens(processor: ProcessorMixin, text: str, height: int, width: int) -> str:
+    """``<image>`` -> N image tokens, as the processor does, without touching pixels (features are reused)."""
+    token = processor.image_token
+    return text.replace(token, token * image_token_count(processor, height, width))

@@ -8,7 +8,6 @@ Images are decoded later, in the collator; here they are only opened and verifie
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import datasets
@@ -22,7 +21,7 @@ from pancapchain.data.io import SkipReport, load_samples
 from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError, resolve_image
 from pancapchain.data.stages import StageExample, build_stage_examples
-from pancapchain.model.chat import completion_text, render_prompt
+from pancapchain.model.chat import completion_text, image_token_count, render_prompt
 
 
 def image_problem(path: Path) -> str | None:
@@ -83,11 +82,6 @@ def collect_stage_examples(
     return out, report
 
 
-@lru_cache(maxsize=64)
-def _image_token_count(processor: ProcessorMixin, height: int, width: int) -> int:
-    return int(processor._get_num_multimodal_tokens(image_sizes=[[height, width]]).num_image_tokens[0])
-
-
 def sequence_lengths(
     examples: Sequence[StageExample], processor: ProcessorMixin, system: str | None
 ) -> list[int]:
@@ -97,7 +91,7 @@ def sequence_lengths(
     prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
     answer_ids = tok([completion_text(ex.target) for ex in examples], add_special_tokens=False)["input_ids"]
     return [
-        len(p) - 1 + _image_token_count(processor, ex.height, ex.width) + len(a) + 1
+        len(p) - 1 + image_token_count(processor, ex.height, ex.width) + len(a) + 1
         for ex, p, a in zip(examples, prompt_ids, answer_ids)
     ]
 

@@ -84,3 +84,16 @@ def tiny_overrides(train: Path, out: Path, **extra: str) -> list[str]:
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model trained for a few steps on the hand-made dataset (shared by the inference tests)."""
+    from pancapchain.config import load_recipe
+    from pancapchain.train.run import run_training
+
+    root = tmp_path_factory.mktemp("tiny_ckpt")
+    train = write_dataset(root / "data", n=6)
+    out = root / "run"
+    run_training(load_recipe(None, tiny_overrides(train, out, **{"train.max_steps": "3"})))
+    return out

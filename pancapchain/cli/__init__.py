@@ -11,8 +11,13 @@ import importlib
 import sys
 
 COMMANDS = (
+    "train",
+    "validate-data",
     "synth",
     "prepare",
+    "infer",
+    "chat",
+    "visualize",
 )
 
 
@@ -20,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pancapchain", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"pancapchain.cli.{name}").register(sub)
+        importlib.import_module(f"pancapchain.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

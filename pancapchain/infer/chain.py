@@ -1,0 +1,197 @@
+"""``PancapChain``: the four-stage chain, batched across images, with vision features computed once per image.
+
+The paper's script runs one image at a time and re-encodes the image at each of the four stages. Here the
+vision tower + projector run once per batch of images (``encode``), and every stage's ``generate`` reuses the
+features through transformers' ``mm_encoder_outputs`` (the same tensors the model would compute itself, so
+outputs are unchanged). Stages are batched across images with left padding.
+
+Stage k's prompt is built from stage k-1's *parsed* items (``format_items``), so a user edit of any stage
+(see ``pancapchain.infer.chat``) reaches every later stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from pancapchain.constants import STAGES
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.caption_parser import caption_entities, parse_caption
+from pancapchain.data.prompts import PromptSet, load_prompts
+from pancapchain.data.stages import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.infer.generation import GenerationOptions, Generator
+
+
+@dataclass
+class StageOutput:
+    """One stage's result for one image: raw text, parsed items, and what went wrong."""
+
+    stage: str
+    prompt: str
+    raw: str
+    items: tuple[StageItem, ...]
+    malformed: tuple[str, ...] = ()
+    duplicates: int = 0
+    truncated: bool = False
+    edited: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "raw": self.raw,
+            "items": [{"tag": it.tag, "boxes": [list(b) for b in it.boxes]} for it in self.items],
+            "malformed": list(self.malformed),
+            "duplicates": self.duplicates,
+            "truncated": self.truncated,
+            "edited": self.edited,
+        }
+
+
+@dataclass
+class ChainState:
+    """Everything known about one image while the chain runs (the chat REPL edits it between stages)."""
+
+    id: str
+    image: Image.Image
+    outputs: dict[str, StageOutput] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return self.image.width
+
+    @property
+    def height(self) -> int:
+        return self.image.height
+
+    def items(self, stage: str) -> list[StageItem]:
+        out = self.outputs.get(stage)
+        return list(out.items) if out else []
+
+    def entities(self) -> list[StageItem]:
+        """Labelled entities known before captioning: stage-2 items + stage-3 discoveries."""
+        return merge_discovered(self.items("label"), self.items("discover"))
+
+
+class PancapChain:
+    """Run the chain on images. ``model`` is a llava-hf model (or a peft wrapper of one) in eval mode."""
+
+    def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None):
+        self.generator = Generator(model, processor)
+        self.prompts = prompts
+        self.codec = codec
+        self.system = system
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> PancapChain:
+        """Load a training checkpoint or an export; prompt version, box format and system text come from its metadata."""
+        from pancapchain.model.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, dtype=dtype, device=device)
+        meta = loaded.meta
+        return cls(
+            loaded.model,
+            loaded.processor,
+            load_prompts(meta.get("prompt_version", "v1")),
+            BoxCodec(meta.get("box_format", "asmv2")),
+            meta.get("system_prompt"),
+        )
+
+    # ------------------------------------------------------------------------------------ prompts
+    def stage_prompt(self, stage: str, state: ChainState) -> str:
+        """The stage's user prompt, filled from the earlier stages' parsed items."""
+        w, h = state.width, state.height
+        if stage == "localize":
+            return self.prompts.render(stage)
+        if stage == "label":
+            boxes = [StageItem(None, it.boxes) for it in state.items("localize")]
+            return self.prompts.render(stage, boxes=format_items(boxes, self.codec, w, h))
+        if stage == "discover":
+            return self.prompts.render(stage, entities=format_items(state.items("label"), self.codec, w, h))
+        return self.prompts.render(stage, entities=format_items(state.entities(), self.codec, w, h))
+
+    def set_output(self, state: ChainState, stage: str, raw: str, prompt: str = "", truncated: bool = False,
+                   edited: bool = False) -> StageOutput:
+        """Parse ``raw`` as the output of ``stage`` and store it (generated text or user-given text)."""
+        parsed = parse_stage_output(stage, raw, self.codec, state.width, state.height)
+        out = StageOutput(stage, prompt, raw, parsed.items, parsed.malformed, parsed.duplicates, truncated, edited)
+        state.outputs[stage] = out
+        return out
+
+    def set_items(self, state: ChainState, stage: str, items: Sequence[StageItem]) -> StageOutput:
+        """Replace a stage's items (a user edit); the raw text is rewritten from them."""
+        prompt = state.outputs[stage].prompt if stage in state.outputs else ""
+        raw = format_items(items, self.codec, state.width, state.height)
+        return self.set_output(state, stage, raw, prompt, edited=True)
+
+    # --------------------------------------------------------------------------------------- run
+    def run_stage(self, stage: str, states: Sequence[ChainState], features, options: GenerationOptions) -> None:
+        """Generate ``stage`` for every state in one batch (``features`` from ``encode`` for these states)."""
+        prompts = [self.stage_prompt(stage, s) for s in states]
+        texts = self.generator.generate(
+            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage)
+        )
+        for state, prompt, (text, truncated) in zip(states, prompts, texts):
+            self.set_output(state, stage, text, prompt, truncated)
+
+    def encode(self, states: Sequence[ChainState]):
+        """Vision tower + projector once for these images."""
+        return self.generator.encode([s.image for s in states])
+
+    def run(
+        self,
+        states: Sequence[ChainState],
+        options: GenerationOptions | None = None,
+        given: Sequence[Mapping[str, str]] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[dict]:
+        """Run every stage (up to ``options.stop_after``) for ``states`` as one batch; returns result dicts.
+
+        ``given[i][stage]`` is a user-supplied output for image i (e.g. known boxes): that stage is not generated
+        for that image. ``timings`` accumulates seconds per stage (plus "encode").
+        """
+        options = options or GenerationOptions()
+        timings = timings if timings is not None else {}
+        started = time.perf_counter()
+        features = self.encode(states)
+        timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - started
+        for stage in STAGES:
+            started = time.perf_counter()
+            todo = [i for i, s in enumerate(states) if not (given and stage in given[i])]
+            for i in set(range(len(states))) - set(todo):
+                self.set_output(states[i], stage, given[i][stage], self.stage_prompt(stage, states[i]), edited=True)
+            if todo:
+                self.run_stage(stage, [states[i] for i in todo], self.generator.select(features, todo), options)
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+            if stage == options.stop_after:
+                break
+        return [self.result(s) for s in states]
+
+    def result(self, state: ChainState) -> dict:
+        """A JSON-ready result: stage outputs, entities (both box formats) and the caption (normalized boxes)."""
+        w, h = state.width, state.height
+        out: dict = {"id": state.id, "width": w, "height": h}
+        out["stages"] = {stage: o.to_dict() for stage, o in state.outputs.items()}
+        if "caption" in state.outputs:
+            raw = state.outputs["caption"].raw
+            caption = BoxCodec("normalized").convert_text(raw, w, h)
+            mentions = caption_entities(parse_caption(caption, w, h))
+            out["caption_model"] = raw
+            out["caption"] = caption
+        else:  # stopped early: report the entities known so far
+            mentions = [(it.tag or "", box) for it in self.entities_so_far(state) for box in it.boxes]
+        out["entities"] = [
+            {"tag": tag, "box": [round(v, 4) for v in box], "box_model": self.codec.encode([box], w, h)}
+            for tag, box in mentions
+        ]
+        return out
+
+    @staticmethod
+    def entities_so_far(state: ChainState) -> list[StageItem]:
+        for stage in ("discover", "label", "localize"):
+            if stage in state.outputs:
+                return state.entities() if stage != "localize" else state.items("localize")
+        return []

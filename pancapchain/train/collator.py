@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from pancapchain.constants import IGNORE_INDEX, STAGES
+from pancapchain.mask.supervision import mask_batch
 from pancapchain.model.chat import completion_text, render_prompt
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class PancapCollator:
         stage_ids: (B,) long, index into STAGES.
         loss_weights: (B,) float, the recipe's per-stage weight.
         sample_ids: list of B "sample_id/stage" strings (named in errors).
+        mask_*: with ``mask_side`` > 0, the mask-head targets (see ``pancapchain.mask.supervision``).
     """
 
     def __init__(
@@ -37,11 +39,13 @@ class PancapCollator:
         processor: ProcessorMixin,
         system: str | None = None,
         stage_weights: Mapping[str, float] | None = None,
+        mask_side: int = 0,
     ):
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.system = system
         self.stage_weights = dict(stage_weights or {s: 1.0 for s in STAGES})
+        self.mask_side = mask_side  # > 0: add mask-head targets (pancapchain.mask.supervision.mask_batch)
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one before training")
 
@@ -63,9 +67,8 @@ class PancapCollator:
         rows, images = self._load_images(rows)
         prompts = [render_prompt(self.processor, row["prompt"], self.system) for row in rows]
         enc = self.processor(text=prompts, images=images, return_tensors=None)
-        answers = self.tokenizer(
-            [completion_text(row["target"]) for row in rows], add_special_tokens=False
-        )["input_ids"]
+        answer_texts = [completion_text(row["target"]) for row in rows]
+        answers = self.tokenizer(answer_texts, add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
         sequences, labels = [], []
         for prompt_ids, answer_ids in zip(enc["input_ids"], answers):
@@ -83,4 +86,7 @@ class PancapCollator:
             "loss_weights": torch.tensor([float(self.stage_weights.get(row["stage"], 1.0)) for row in rows]),
             "sample_ids": [f"{row['sample_id']}/{row['stage']}" for row in rows],
         }
+        if self.mask_side > 0:
+            prompt_lengths = [len(ids) for ids in enc["input_ids"]]
+            batch.update(mask_batch(rows, prompt_lengths, self.tokenizer, answer_texts, self.mask_side))
         return batch

@@ -1,0 +1,97 @@
+"""``pancapchain eval``: PancapScore (offline or LLM judge), mask and caption metrics of a prediction file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MAX_PRINTED_WARNINGS = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="score predicted panoptic captions (PancapScore, masks, caption metrics)",
+        description="Score PRED (JSONL of {id, caption, masks?}) against GT (SA-Pancap caption JSON or "
+        "PanopticSample JSONL). Writes OUT/metrics.json, OUT/per_image.json and OUT/summary.md and prints "
+        "the summary. Bad records are counted and scored zero, never fatal.",
+    )
+    parser.add_argument("--pred", type=Path, required=True, help="predictions JSONL (or JSON array)")
+    parser.add_argument("--gt", type=Path, required=True, help="GT: SA-Pancap caption JSON or our JSONL")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
+    parser.add_argument("--judge", default="offline",
+                        help="'offline' (default, no LLM) or 'hf:PATH' (local HF causal LM as judge)")
+    parser.add_argument("--embed-model", default=None,
+                        help="local sentence-transformers folder for tag similarity (default: the packaged "
+                        "all-MiniLM-L6-v2; the official choice is all-mpnet-base-v2; 'hashing' = no model, "
+                        "bag-of-words, for smoke tests only)")
+    parser.add_argument("--image-root", default=None,
+                        help="image folder, to read sizes for SA-Pancap GT (needed for <box> grid predictions)")
+    parser.add_argument("--embed-threshold", type=float, default=0.5, help="tag cosine threshold (official 0.5)")
+    parser.add_argument("--iou-threshold", type=float, default=0.5, help="box IoU threshold (official 0.5)")
+    parser.add_argument("--support-threshold", type=float, default=0.5,
+                        help="offline mode: minimum cosine for an attribute/relation/global item to count")
+    parser.add_argument("--no-wordnet", action="store_true", help="synonyms by containment only")
+    parser.add_argument("--judge-batch-size", type=int, default=4, help="prompts per generate() call")
+    parser.add_argument("--judge-max-new-tokens", type=int, default=2048, help="generation cap per call")
+    parser.add_argument("--judge-device", default="cpu", help="torch device of the judge model")
+    parser.add_argument("--judge-cache", default=None,
+                        help="folder of per-image judge responses (default OUT/judge_cache); reruns resume from it")
+    parser.add_argument("--prompts-dir", default=None, help="judge prompt folder (default prompts/pancapscore)")
+    parser.add_argument("--no-caption-metrics", action="store_true", help="skip BLEU/CIDEr/ROUGE/METEOR")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is present")
+    parser.add_argument("--meteor-jar", default=None, help="path to meteor-1.5.jar (default: pycocoevalcap's)")
+    parser.set_defaults(func=run)
+
+
+def options_from_args(args: argparse.Namespace):
+    from pancapchain.eval.matching import MatchConfig
+    from pancapchain.eval.offline import OfflineConfig
+    from pancapchain.eval.runner import EvalOptions
+
+    return EvalOptions(
+        judge=args.judge,
+        embed_model=args.embed_model,
+        match=MatchConfig(embed_threshold=args.embed_threshold, iou_threshold=args.iou_threshold,
+                          use_wordnet=not args.no_wordnet),
+        offline=OfflineConfig(support_threshold=args.support_threshold),
+        image_root=args.image_root,
+        prompts_dir=args.prompts_dir,
+        judge_batch_size=args.judge_batch_size,
+        judge_max_new_tokens=args.judge_max_new_tokens,
+        judge_device=args.judge_device,
+        judge_cache=args.judge_cache,
+        caption_metrics=not args.no_caption_metrics,
+        meteor=not args.no_meteor,
+        meteor_jar=args.meteor_jar,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pancapchain.data.schema import SampleError
+    from pancapchain.eval.report import summary_table, write_outputs
+    from pancapchain.eval.runner import evaluate
+
+    if args.judge != "offline" and not args.judge.startswith("hf:"):
+        print(f"pancapchain eval: error: --judge must be 'offline' or 'hf:PATH', got {args.judge!r}", file=sys.stderr)
+        return 2
+    for what, path in (("--pred", args.pred), ("--gt", args.gt)):
+        if not path.is_file():
+            print(f"pancapchain eval: error: {what} file {path} does not exist", file=sys.stderr)
+            return 2
+    try:
+        result = evaluate(args.pred, args.gt, options_from_args(args), out_dir=args.out)
+    except (SampleError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"pancapchain eval: error: {err}", file=sys.stderr)
+        return 2
+    paths = write_outputs(result, args.out)
+    print(summary_table(result.metrics))
+    warned = [image for image in result.images if image.warnings]
+    for image in warned[:MAX_PRINTED_WARNINGS]:
+        print(f"warning: {image.id}: {'; '.join(image.warnings)}", file=sys.stderr)
+    if len(warned) > MAX_PRINTED_WARNINGS:
+        print(f"warning: ... and {len(warned) - MAX_PRINTED_WARNINGS} more images with warnings (see per_image.json)",
+              file=sys.stderr)
+    print(f"wrote {paths['metrics']}, {paths['per_image']}, {paths['summary']} ({result.metrics['seconds']} s)")
+    return 0

@@ -1,0 +1,157 @@
+"""Read evaluation inputs: GT (SA-Pancap caption JSON or our PanopticSample JSONL) and predictions.
+
+GT formats
+* SA-Pancap caption JSON ``[{"image_path", "gt_response"}, ...]``: id = image path without extension,
+  "/" -> "_" (the importer's rule, :func:`pancapchain.data.sapancap.sample_id`). These files carry no
+  image sizes: sizes are read from ``image_root`` when given, otherwise the image is *assumed square*, which
+  only matters for predicted ``<box>[[ints]]</box>`` groups (padded-square grid -> normalized).
+* PanopticSample JSONL (:mod:`pancapchain.data.schema`), with sizes, structure and masks.
+
+Predictions: JSONL ``{"id", "caption", "masks"?}`` (``masks``: list of ``{"box" | "entity", "rle"}``), or a
+JSON array of such objects (``image_path`` / ``model_response`` are accepted as in the official files).
+Records without a usable id are skipped into the SkipReport; later duplicates of an id are skipped too;
+a record whose caption is not a string is kept as *bad* (its image is scored zero with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pancapchain.data.io import SkipReport, iter_jsonl, load_samples
+from pancapchain.data.sapancap import ImportReport, read_caption_records, sample_id
+from pancapchain.data.schema import PanopticSample, SampleError
+
+
+@dataclass(frozen=True)
+class GTRecord:
+    """One GT image: its caption, size (None when unknown) and the full sample when read from JSONL."""
+
+    id: str
+    caption: str
+    width: int | None = None
+    height: int | None = None
+    sample: PanopticSample | None = None
+    image: str | None = None
+
+
+@dataclass
+class Prediction:
+    """One predicted caption; ``problem`` is set when the record is unusable (scored zero)."""
+
+    id: str
+    caption: str = ""
+    masks: list[Any] = field(default_factory=list)
+    problem: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _first_char(path: Path) -> str:
+    with path.open(encoding="utf-8") as fh:
+        while True:
+            chunk = fh.read(256)
+            if not chunk:
+                return ""
+            stripped = chunk.lstrip()
+            if stripped:
+                return stripped[0]
+
+
+def _image_size(image_root: Path | None, relative: str) -> tuple[int | None, int | None]:
+    if image_root is None:
+        return None, None
+    from PIL import Image
+
+    try:
+        with Image.open(image_root / relative) as img:
+            return img.size
+    except (OSError, ValueError):
+        return None, None
+
+
+def load_gt(path: str | Path, image_root: str | Path | None = None) -> tuple[list[GTRecord], SkipReport]:
+    """GT records in file order; invalid records and duplicate ids are skipped into the report."""
+    path = Path(path)
+    if _first_char(path) == "[":
+        return _load_sapancap(path, Path(image_root) if image_root else None)
+    samples, report = load_samples(path)
+    report.what = f"GT samples in {path.name}"
+    records = [GTRecord(s.id, s.caption, s.width, s.height, s, s.image) for s in samples]
+    return records, report
+
+
+def _load_sapancap(path: Path, image_root: Path | None) -> tuple[list[GTRecord], SkipReport]:
+    report = SkipReport(what=f"GT captions in {path.name}")
+    imported = ImportReport()
+    records: list[GTRecord] = []
+    seen: set[str] = set()
+    for name, image_path, caption in read_caption_records(path, imported):
+        image_id = sample_id(image_path)
+        if image_id in seen:
+            report.skip(name, f"duplicate: GT id {image_id} already seen")
+            continue
+        seen.add(image_id)
+        width, height = _image_size(image_root, image_path)
+        records.append(GTRecord(image_id, caption, width, height, None, image_path))
+    for name, problem in imported.invalid_records:
+        report.skip(name, f"invalid: {problem}")
+    report.kept = len(records)
+    return records, report
+
+
+def _prediction_id(obj: dict) -> str | None:
+    raw = obj.get("id")
+    if raw is None and isinstance(obj.get("image_path"), str):
+        return sample_id(obj["image_path"])
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or str(raw).strip() == "":
+        return None
+    return str(raw)
+
+
+def _prediction(obj: Any, where: str, report: SkipReport) -> Prediction | None:
+    if not isinstance(obj, dict):
+        report.skip(where, f"invalid: a prediction must be a JSON object, got {type(obj).__name__}")
+        return None
+    pred_id = _prediction_id(obj)
+    if pred_id is None:
+        report.skip(where, "invalid: missing or unusable 'id'")
+        return None
+    caption = obj.get("caption", obj.get("model_response"))
+    masks = obj.get("masks") or []
+    if not isinstance(caption, str):
+        problem = "missing caption" if caption is None else f"caption is {type(caption).__name__}, not a string"
+        return Prediction(pred_id, problem=f"bad prediction: {problem}")
+    if not isinstance(masks, list):
+        return Prediction(pred_id, caption, [], warnings=[f"masks ignored: expected a list, got {type(masks).__name__}"])
+    return Prediction(pred_id, caption, masks)
+
+
+def load_predictions(path: str | Path) -> tuple[dict[str, Prediction], SkipReport]:
+    """Predictions by id (first occurrence wins); unusable records are counted in the report."""
+    path = Path(path)
+    report = SkipReport(what=f"predictions in {path.name}")
+    found: dict[str, Prediction] = {}
+    for where, obj in _iter_prediction_objects(path, report):
+        pred = _prediction(obj, where, report)
+        if pred is None:
+            continue
+        if pred.id in found:
+            report.skip(where, f"duplicate: prediction id {pred.id} already seen (first one kept)")
+            continue
+        found[pred.id] = pred
+    report.kept = len(found)
+    return found, report
+
+
+def _iter_prediction_objects(path: Path, report: SkipReport):
+    if _first_char(path) != "[":
+        yield from iter_jsonl(path, report)
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SampleError(str(path), f"malformed JSON array: {err.msg} at line {err.lineno}") from None
+    for index, obj in enumerate(data):
+        yield f"{path.name}[{index}]", obj

@@ -1,0 +1,118 @@
+"""Mask supervision during training: collator tensors and the auxiliary loss (BCE + Dice + MECL).
+
+The collator adds (only for rows whose answer grounds entities that have masks):
+    mask_positions: (M, 2) long, (row, token index) of each entity's grounding token (see targets.py)
+    mask_targets:   (M, S, S) float, the entity masks on the padded square the vision tower saw
+    word_positions: (W, 2) long, (row, token index) of every answer token (the words MECL contrasts)
+    mask_word_pairs: (P, 2) long, (mask index, word index): word w belongs to mask m's tag (MECL positives)
+
+``MaskLoss`` is a ``PancapTrainer`` auxiliary loss: it reads the language model's last hidden states (a
+forward hook on the final norm, so no extra forward and no ``output_hidden_states`` copies of every layer)
+and the projected image features (``outputs.image_hidden_states``), runs the mask head, and returns the
+weighted parts. Samples without masks contribute only the language loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from pancapchain.mask.head import MaskHead
+from pancapchain.mask.losses import dice_loss, mecl_loss, pool_mask_embeddings, sigmoid_bce_loss
+from pancapchain.mask.rle import decode_rle, masks_to_square
+from pancapchain.mask.targets import loads_targets, token_positions
+
+
+def find_module(model: torch.nn.Module, kind: type) -> torch.nn.Module | None:
+    return next((m for m in model.modules() if isinstance(m, kind)), None)
+
+
+def final_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The language model's final norm (its output is what ``lm_head`` reads)."""
+    for name, module in model.named_modules():
+        if name.endswith("language_model.norm"):
+            return module
+    raise ValueError("no language_model.norm module: not a llava-hf model?")
+
+
+def mask_batch(
+    rows: Sequence[Mapping], prompt_lengths: Sequence[int], tokenizer, answers: Sequence[str], side: int
+) -> dict[str, Tensor]:
+    """Mask tensors for a batch (see the module docstring); empty tensors when no row has masks."""
+    positions, targets, words, pairs = [], [], [], []
+    for b, (row, prompt_len, answer) in enumerate(zip(rows, prompt_lengths, answers)):
+        wanted = loads_targets(row.get("masks", ""))
+        if not wanted:
+            continue
+        offsets = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        first_word = len(words)
+        words.extend((b, prompt_len + i) for i in range(len(offsets)))
+        shift = len(answer) - len(row["target"])  # characters prepended to the target (the leading space)
+        for target, (end_token, tag_tokens) in zip(wanted, token_positions(offsets, wanted, shift)):
+            mask = decode_rle(target.rle, f"{row['sample_id']}/{row['stage']}")
+            pairs.extend((len(positions), first_word + t) for t in tag_tokens)
+            positions.append((b, prompt_len + end_token))
+            targets.append(masks_to_square(mask[None], side)[0])
+    return {
+        "mask_positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
+        "mask_targets": torch.stack(targets) if targets else torch.zeros((0, side, side)),
+        "word_positions": torch.tensor(words, dtype=torch.long).reshape(-1, 2),
+        "mask_word_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
+    }
+
+
+class MaskLoss:
+    """Auxiliary loss for ``PancapTrainer``: weighted BCE + Dice on every grounded entity, plus MECL."""
+
+    def __init__(self, model: torch.nn.Module, bce: float = 2.0, dice: float = 0.5, mecl: float = 0.1,
+                 tau: float = 0.07, tau_g: float = 0.1):
+        head = find_module(model, MaskHead)
+        if head is None:
+            raise ValueError("MaskLoss needs a model with a MaskHead attached (model.mask_head)")
+        self.head: MaskHead = head
+        self.weights = {"bce": bce, "dice": dice, "mecl": mecl}
+        self.tau, self.tau_g = tau, tau_g
+        self._states: Tensor | None = None
+        final_norm(model).register_forward_hook(self._keep_states)
+
+    def _keep_states(self, module, inputs, output) -> None:
+        self._states = output
+
+    def __call__(self, outputs, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if "mask_positions" not in batch or self._states is None:
+            return {}
+        states, positions = self._states, batch["mask_positions"]
+        n_rows = states.shape[0]
+        image = outputs.image_hidden_states.reshape(n_rows, -1, outputs.image_hidden_states.shape[-1])
+        per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]
+        feats, logits = self.head.forward_features(image, per_row)
+        all_logits = torch.cat(logits)
+        target = batch["mask_targets"].to(all_logits.dtype)
+        parts = {
+            "mask_bce": self.weights["bce"] * sigmoid_bce_loss(all_logits, target),
+            "mask_dice": self.weights["dice"] * dice_loss(all_logits, target),
+        }
+        if self.weights["mecl"] > 0 and self.head.word_proj is not None:
+            parts["mecl"] = self.weights["mecl"] * self._mecl(states, feats, logits, batch)
+        return parts
+
+    def _mecl(self, states: Tensor, feats: Tensor, logits: list[Tensor], batch: Mapping[str, Tensor]) -> Tensor:
+        words, pairs, positions = batch["word_positions"], batch["mask_word_pairs"], batch["mask_positions"]
+        word_embeds = self.head.word_embeddings(states[words[:, 0], words[:, 1]])
+        mask_embeds, row_words, positives = [], [], []
+        mask_offset = 0
+        for b, row_logits in enumerate(logits):
+            k = row_logits.shape[0]
+            word_idx = (words[:, 0] == b).nonzero().flatten()
+            pos = torch.zeros((k, len(word_idx)), dtype=torch.bool, device=states.device)
+            in_row = (pairs[:, 0] >= mask_offset) & (pairs[:, 0] < mask_offset + k)
+            if len(word_idx):
+                pos[pairs[in_row, 0] - mask_offset, pairs[in_row, 1] - word_idx[0]] = True
+            mask_embeds.append(pool_mask_embeddings(feats[b], row_logits))
+            row_words.append(word_embeds[word_idx])
+            positives.append(pos)
+            mask_offset += k
+        assert mask_offset == positions.shape[0]
+        return mecl_loss(mask_embeds, row_words, positives, self.tau, self.tau_g)["mecl"]

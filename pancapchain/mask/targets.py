@@ -1,0 +1,86 @@
+"""Which tokens of a stage answer ground which entity mask.
+
+The grounding position of an entity is the **last token of its box group** in the answer (the ``</box>`` token
+in the asmv2 format, ``]]`` in the normalized one): the hidden state *at* that token has read the whole box
+and is the mask head's query. Positions are found from the tokenizer's character offsets, so they line up
+with ``input_ids`` exactly (HF LLaVA expands ``<image>`` inside ``input_ids``; no LISA/GLaMM offsets).
+
+Dataset side: ``answer_mask_targets`` matches every box group of a target text to the sample entity it
+boxes and records the group's end, the entity tag's character span, and the entity's RLE mask.
+Collator side: ``token_positions`` turns those character positions into token indices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from pancapchain.data.boxes import BoxCodec, box_iou, find_box_groups
+from pancapchain.data.schema import PanopticSample
+
+MATCH_IOU = 0.9  # a box group grounds an entity when its (first) box overlaps the entity's box this much
+
+
+@dataclass(frozen=True)
+class MaskTarget:
+    """One supervised entity in an answer text (character positions in the answer)."""
+
+    end: int  # index just past the entity's box group
+    tag_start: int  # character span of the entity tag before the group (empty span when not found)
+    tag_end: int
+    entity_id: int
+    rle: dict
+
+
+def _tag_span(text: str, group_start: int, tag: str) -> tuple[int, int]:
+    """The last occurrence of ``tag`` shortly before the box group (case-insensitive), else an empty span."""
+    window_start = max(0, group_start - 200)
+    found = text.lower().rfind(tag.lower(), window_start, group_start)
+    return (found, found + len(tag)) if tag and found >= 0 else (group_start, group_start)
+
+
+def answer_mask_targets(target: str, sample: PanopticSample, codec: BoxCodec) -> list[MaskTarget]:
+    """Mask targets of one answer: box groups matched to entities that carry a mask."""
+    with_mask = [e for e in sample.entities if e.mask is not None]
+    if not with_mask:
+        return []
+    out = []
+    for group in find_box_groups(target):
+        boxes = codec.decode_group(group, sample.width, sample.height)
+        if not boxes:
+            continue
+        best = max(with_mask, key=lambda e: box_iou(e.box, boxes[0]))
+        if box_iou(best.box, boxes[0]) < MATCH_IOU:
+            continue
+        start, end = _tag_span(target, group.start, best.tag)
+        out.append(MaskTarget(group.end, start, end, best.id, best.mask))
+    return out
+
+
+def dumps_targets(targets: Sequence[MaskTarget]) -> str:
+    """Compact JSON for a dataset column (Arrow stores it as a string)."""
+    return json.dumps([asdict(t) for t in targets], separators=(",", ":"))
+
+
+def loads_targets(text: str) -> list[MaskTarget]:
+    return [MaskTarget(**t) for t in json.loads(text)] if text else []
+
+
+def token_positions(
+    offsets: Sequence[tuple[int, int]], targets: Sequence[MaskTarget], shift: int = 0
+) -> list[tuple[int, list[int]]]:
+    """Per target: (index of the token containing the group's last character, indices of its tag tokens).
+
+    ``offsets`` are (start, end) character offsets of the answer tokens; ``shift`` is how many characters were
+    prepended to the target to form the tokenized answer (the leading space of the completion).
+    """
+    out = []
+    for t in targets:
+        last_char = t.end - 1 + shift
+        end_token = next((i for i, (s, e) in enumerate(offsets) if s <= last_char < e), None)
+        if end_token is None:
+            continue
+        tag = [i for i, (s, e) in enumerate(offsets) if e > t.tag_start + shift and s < t.tag_end + shift]
+        out.append((end_token, tag))
+    return out

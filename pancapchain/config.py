@@ -44,6 +44,9 @@ class LoraSection:
     dropout: float = 0.05
     # Leaf names of the language model's linear layers; "all-linear" finds them all (LLaVA's choice).
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # Extra modules trained in full and saved with the adapter (peft modules_to_save), e.g. the tiny recipe's
+    # randomly initialised [embed_tokens, lm_head]: LoRA alone cannot fix random embeddings.
+    modules_to_save: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +129,7 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append(f"model.attn_implementation must be one of {ATTENTION_CHOICES}")
     if m.precision not in PRECISION_CHOICES:
         problems.append(f"model.precision must be one of {PRECISION_CHOICES}")
+    problems += precision_problems(m.precision)
     if m.quantization not in QUANT_CHOICES:
         problems.append(f"model.quantization must be one of {QUANT_CHOICES}")
     if m.quantization != "none" and not lo.enabled:
@@ -158,6 +162,17 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append(f"train.deepspeed={t.deepspeed!r} is not a file")
     if problems:
         raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
+
+
+def precision_problems(precision: str) -> list[str]:
+    """Precisions this machine cannot train in (checked here so the run fails before loading anything)."""
+    import torch
+
+    if precision == "fp16" and not torch.cuda.is_available():
+        return ["model.precision=fp16 needs a CUDA GPU (fp16 mixed precision has no CPU path); use auto or fp32"]
+    if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return ["model.precision=bf16: this GPU has no bf16 support (pre-Ampere); use fp16 or auto"]
+    return []
 
 
 def active_stages(cfg: RecipeConfig) -> list[str]:

@@ -19,6 +19,9 @@ COMMANDS = (
     "chat",
     "visualize",
     "eval",
+    "export",
+    "convert-llava",
+    "plan-memory",
 )
 
 

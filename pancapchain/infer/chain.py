@@ -19,11 +19,13 @@ import torch
 from PIL import Image
 
 from pancapchain.constants import STAGES
-from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.boxes import BoxCodec, box_iou
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prompts import PromptSet, load_prompts
 from pancapchain.data.stages import StageItem, format_items, merge_discovered, parse_stage_output
 from pancapchain.infer.generation import GenerationOptions, Generator
+from pancapchain.infer.masks import MaskPredictor
+from pancapchain.mask.head import load_mask_head
 
 
 @dataclass
@@ -58,6 +60,7 @@ class ChainState:
     id: str
     image: Image.Image
     outputs: dict[str, StageOutput] = field(default_factory=dict)
+    masks: list = field(default_factory=list)  # GroupMask per box group of the caption (with a mask head)
 
     @property
     def width(self) -> int:
@@ -79,11 +82,12 @@ class ChainState:
 class PancapChain:
     """Run the chain on images. ``model`` is a llava-hf model (or a peft wrapper of one) in eval mode."""
 
-    def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None):
+    def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None):
         self.generator = Generator(model, processor)
         self.prompts = prompts
         self.codec = codec
         self.system = system
+        self.masks = MaskPredictor(model, processor, mask_head.eval(), system) if mask_head is not None else None
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> PancapChain:
@@ -92,12 +96,14 @@ class PancapChain:
 
         loaded = load_checkpoint(path, dtype=dtype, device=device)
         meta = loaded.meta
+        head = load_mask_head(path)
         return cls(
             loaded.model,
             loaded.processor,
             load_prompts(meta.get("prompt_version", "v1")),
             BoxCodec(meta.get("box_format", "asmv2")),
             meta.get("system_prompt"),
+            head.to(device) if head is not None else None,
         )
 
     # ------------------------------------------------------------------------------------ prompts
@@ -136,6 +142,10 @@ class PancapChain:
         )
         for state, prompt, (text, truncated) in zip(states, prompts, texts):
             self.set_output(state, stage, text, prompt, truncated)
+        if stage == "caption" and self.masks is not None:
+            for i, state in enumerate(states):
+                out = state.outputs["caption"]
+                state.masks = self.masks.predict(features, i, out.prompt, out.raw, state.height, state.width)
 
     def encode(self, states: Sequence[ChainState]):
         """Vision tower + projector once for these images."""
@@ -187,6 +197,20 @@ class PancapChain:
             {"tag": tag, "box": [round(v, 4) for v in box], "box_model": self.codec.encode([box], w, h)}
             for tag, box in mentions
         ]
+        for entity, gm in zip(out["entities"], self._entity_masks(state, [box for _, box in mentions])):
+            if gm is not None:
+                entity["mask"], entity["mask_score"] = gm.rle(), round(gm.score, 4)
+        return out
+
+    def _entity_masks(self, state: ChainState, boxes: list) -> list:
+        """The caption group mask whose box equals each entity box (None when there is no mask head)."""
+        if not state.masks:
+            return [None] * len(boxes)
+        decoded = [(self.codec.decode_group(gm.group, state.width, state.height), gm) for gm in state.masks]
+        out = []
+        for box in boxes:
+            hits = [gm for group_boxes, gm in decoded if any(box_iou(box, b) > 0.99 for b in group_boxes)]
+            out.append(hits[0] if hits else None)
         return out
 
     @staticmethod

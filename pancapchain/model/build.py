@@ -16,6 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoProcessor, LlavaForConditionalGeneration, ProcessorMixin
 
 from pancapchain.config import RecipeConfig
+from pancapchain.model.quant import check_qlora_zero_stage, load_4bit, quantize_in_memory
 from pancapchain.model.tiny import build_processor, build_tiny_model, build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,37 @@ PROJECTOR = "multi_modal_projector"
 VISION_TOWER = "vision_tower"
 
 
-def select_attention(requested: str) -> str:
-    """``auto`` -> flash_attention_2 when flash-attn imports and CUDA is present, else sdpa."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available():
+def resolve_attention(requested: str, dtype: torch.dtype | None = None) -> tuple[str, str | None]:
+    """The attention backend to use and, when it differs from what was asked for, why (no logging here).
+
+    ``auto`` -> flash_attention_2 when flash-attn imports and CUDA is present, else sdpa. An explicit
+    flash_attention_2 that cannot run (no CUDA, flash-attn missing or broken, fp32 weights) falls back to sdpa.
+    """
+    if requested not in ("auto", "flash_attention_2"):
+        return requested, None
+    problem = None
+    if not torch.cuda.is_available():
+        problem = "no CUDA device"
+    elif dtype == torch.float32:
+        problem = "flash-attn needs fp16/bf16 weights, the model is fp32"
+    else:
         try:
             import flash_attn  # noqa: F401
+        except Exception as err:  # ImportError, or an ABI mismatch raising at import time
+            problem = f"flash-attn not importable ({type(err).__name__}: {err})"
+    if problem is None:
+        return "flash_attention_2", None
+    if requested == "auto" and problem == "no CUDA device":
+        return "sdpa", None  # the expected CPU case: nothing to warn about
+    return "sdpa", f"{problem}; using sdpa instead of flash_attention_2"
 
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
+
+def select_attention(requested: str, dtype: torch.dtype | None = None) -> str:
+    """Resolve the attention backend and log it (a warning when flash_attention_2 was wanted but is unusable)."""
+    attn, fallback = resolve_attention(requested, dtype)
+    if fallback:
+        log.warning("attention: %s", fallback)
+    return attn
 
 
 def select_dtype(precision: str) -> torch.dtype:
@@ -49,11 +69,28 @@ def select_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def runtime_choices(cfg: RecipeConfig) -> dict[str, str]:
+    """What this machine resolved the recipe's ``auto`` settings to (recorded in metrics and checkpoint meta)."""
+    dtype = select_dtype(cfg.model.precision)
+    attn, _ = resolve_attention(cfg.model.attn_implementation, dtype)
+    return {
+        "attn_implementation": attn,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "quantization": cfg.model.quantization,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
 def load_base(
     cfg: RecipeConfig, tokenizer_texts: Iterable[str] = ()
 ) -> tuple[LlavaForConditionalGeneration, ProcessorMixin]:
-    """The frozen base and its processor. ``tiny`` trains its tokenizer on ``tokenizer_texts``."""
-    attn = select_attention(cfg.model.attn_implementation)
+    """The frozen base and its processor. ``tiny`` trains its tokenizer on ``tokenizer_texts``.
+
+    A local base with ``model.quantization=4bit`` is loaded 4-bit here; the tiny base is quantized later by
+    ``build_trainable`` (after its full-precision weights were saved for the checkpoints).
+    """
+    dtype = select_dtype(cfg.model.precision)
+    attn = select_attention(cfg.model.attn_implementation, dtype)
     if cfg.model.base == "tiny":
         tokenizer = build_tokenizer(tokenizer_texts, cfg.model.tiny.vocab_size)
         processor = build_processor(tokenizer, cfg.model.tiny)
@@ -62,14 +99,13 @@ def load_base(
     else:
         path = Path(cfg.model.base)
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        model = LlavaForConditionalGeneration.from_pretrained(
-            path,
-            dtype=select_dtype(cfg.model.precision),
-            attn_implementation=attn,
-            local_files_only=True,
-            use_safetensors=True,
-        )
-    log.info("attention implementation: %s", attn)
+        if cfg.model.quantization == "4bit":
+            model = load_4bit(path, dtype, attn)
+        else:
+            model = LlavaForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, attn_implementation=attn, local_files_only=True, use_safetensors=True
+            )
+    log.info("attention implementation: %s, weights dtype: %s", attn, dtype)
     return model, processor
 
 
@@ -102,7 +138,7 @@ def apply_lora(model: LlavaForConditionalGeneration, cfg: RecipeConfig) -> PeftM
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=lora_target_regex(model, list(cfg.lora.target_modules)),
-        modules_to_save=to_save or None,
+        modules_to_save=(to_save + list(cfg.lora.modules_to_save)) or None,
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -123,10 +159,14 @@ def build_trainable(
     ``save_base_to`` saves the untouched base and processor first (used for ``tiny``, whose weights exist
     nowhere else); peft injects LoRA layers into the base in place, so this must happen before wrapping.
     """
+    if cfg.model.quantization == "4bit":
+        check_qlora_zero_stage(cfg.train.deepspeed)
     base, processor = load_base(cfg, tokenizer_texts)
     if save_base_to is not None:
         base.save_pretrained(save_base_to)
         processor.save_pretrained(save_base_to)
+    if cfg.model.base == "tiny" and cfg.model.quantization == "4bit":
+        base = quantize_in_memory(base, select_dtype(cfg.model.precision))
     if cfg.model.gradient_checkpointing:
         enable_gradient_checkpointing(base)
     if cfg.lora.enabled:

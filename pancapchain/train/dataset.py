@@ -21,6 +21,7 @@ from pancapchain.data.io import SkipReport, load_samples
 from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError, resolve_image
 from pancapchain.data.stages import StageExample, build_stage_examples
+from pancapchain.mask.targets import answer_mask_targets, dumps_targets
 from pancapchain.model.chat import completion_text, image_token_count, render_prompt
 
 
@@ -54,13 +55,18 @@ def collect_stage_examples(
     seed: int = 0,
     strict: bool = False,
     max_samples: int = 0,
-) -> tuple[list[tuple[StageExample, Path]], SkipReport]:
-    """Validated samples -> (stage example, absolute image path) pairs, with a report of what was skipped."""
+    mask_stages: Sequence[str] = (),
+) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
+    """Validated samples -> (stage example, absolute image path, mask targets JSON) triples + a skip report.
+
+    For stages in ``mask_stages`` the third element lists the answer's box groups that ground entities with
+    masks (``pancapchain.mask.targets``); otherwise it is "".
+    """
     samples, report = load_samples(jsonl, strict=strict)
     if max_samples > 0:
         samples = samples[:max_samples]
     root = Path(image_root) if image_root else Path(jsonl).parent
-    out: list[tuple[StageExample, Path]] = []
+    out: list[tuple[StageExample, Path, str]] = []
     kept = 0
     for sample in tqdm(samples, desc=f"checking {Path(jsonl).name}", leave=False):
         path, problem = _check_sample(sample, root)
@@ -76,10 +82,17 @@ def collect_stage_examples(
                 raise
             report.skip(sample.id, f"invalid: {err.problem}")
             continue
-        out.extend((ex, path) for ex in examples)
+        out.extend((ex, path, _mask_json(ex, sample, codec, mask_stages)) for ex in examples)
         kept += 1
     report.kept = kept
     return out, report
+
+
+def _mask_json(ex: StageExample, sample: PanopticSample, codec: BoxCodec, mask_stages: Sequence[str]) -> str:
+    if ex.stage not in mask_stages:
+        return ""
+    targets = answer_mask_targets(ex.target, sample, codec)
+    return dumps_targets(targets) if targets else ""
 
 
 def sequence_lengths(
@@ -97,7 +110,7 @@ def sequence_lengths(
 
 
 def build_stage_dataset(
-    pairs: Sequence[tuple[StageExample, Path]],
+    pairs: Sequence[tuple[StageExample, Path, str]],
     processor: ProcessorMixin,
     system: str | None,
     max_length: int,
@@ -105,9 +118,9 @@ def build_stage_dataset(
     strict: bool = False,
 ) -> datasets.Dataset:
     """Rows for the collator; over-long or empty-target examples are dropped and reported, never truncated."""
-    lengths = sequence_lengths([ex for ex, _ in pairs], processor, system) if pairs else []
+    lengths = sequence_lengths([ex for ex, _, _ in pairs], processor, system) if pairs else []
     rows = []
-    for (ex, path), length in zip(pairs, lengths):
+    for (ex, path, masks), length in zip(pairs, lengths):
         problem = None
         if length > max_length:
             problem = f"over-long: {length} tokens > data.max_length={max_length} (dropped, not truncated)"
@@ -128,6 +141,7 @@ def build_stage_dataset(
                 "prompt": ex.prompt,
                 "target": ex.target,
                 "length": length,
+                "masks": masks,
             }
         )
     features = datasets.Features(
@@ -140,6 +154,7 @@ def build_stage_dataset(
             "prompt": datasets.Value("string"),
             "target": datasets.Value("string"),
             "length": datasets.Value("int32"),
+            "masks": datasets.Value("string"),
         }
     )
     return datasets.Dataset.from_list(rows, features=features)

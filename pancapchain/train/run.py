@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,11 @@ from pancapchain.config import ConfigError, RecipeConfig, active_stages, load_re
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import load_prompts
-from pancapchain.model.build import build_trainable, projector_parameter_names, select_dtype
+from pancapchain.model.build import build_trainable, projector_parameter_names, runtime_choices, select_dtype
 from pancapchain.model.checkpoint import CheckpointWriter, checkpoint_meta
 from pancapchain.train.collator import PancapCollator
 from pancapchain.train.dataset import build_stage_dataset, collect_stage_examples
-from pancapchain.train.trainer import PancapTrainer
+from pancapchain.train.trainer import NonFiniteLossError, PancapTrainer
 
 log = logging.getLogger("pancapchain.train")
 
@@ -43,6 +44,12 @@ def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
 def training_arguments(cfg: RecipeConfig, has_eval: bool) -> TrainingArguments:
     t = cfg.train
     dtype = select_dtype(cfg.model.precision)
+    if t.deepspeed and _cpu_distributed_backend():
+        raise ConfigError(
+            "invalid recipe:\n  - train.deepspeed on a multi-process launch without CUDA: accelerate would count "
+            "1 process; pass the DeepSpeed JSON through the accelerate config instead (accelerate launch "
+            "--config_file recipes/accelerate/multi_gpu_zero2.yaml ... train.deepspeed='')"
+        )
     return TrainingArguments(
         output_dir=t.output_dir,
         num_train_epochs=t.epochs,
@@ -72,9 +79,21 @@ def training_arguments(cfg: RecipeConfig, has_eval: bool) -> TrainingArguments:
         dataloader_num_workers=t.dataloader_workers,
         report_to=list(t.report_to),
         deepspeed=t.deepspeed or None,
+        ddp_backend=_cpu_distributed_backend(),
         disable_tqdm=False,
         save_only_model=False,
     )
+
+
+def _cpu_distributed_backend() -> str | None:
+    """``gloo`` for a multi-process launch without CUDA, else None (the launcher's default, e.g. nccl).
+
+    Without an explicit backend, accelerate's state on a CPU-only host counts 1 process even under a 2-rank
+    DeepSpeed launch, so DeepSpeed's batch-size check fails (train_batch_size 2 != 2 * 1 * 2).
+    """
+    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return "gloo"
 
 
 def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
@@ -116,9 +135,13 @@ def build_run(cfg: RecipeConfig) -> Run:
     val_pairs, val_report = ([], None)
     if cfg.data.val:
         val_pairs, val_report = _data(cfg, prompts, codec, cfg.data.val, cfg.data.max_val_samples)
-    texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, _ in train_pairs]
+    texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, *_ in train_pairs]
     tiny_base_dir = out / "tiny_base" if cfg.model.base == "tiny" else None
-    model, processor = build_trainable(cfg, texts, save_base_to=tiny_base_dir)
+    # Every rank builds the same seeded tiny base; only global rank 0 (the Trainer's saving rank) writes it.
+    # The model is built before TrainingArguments on purpose: a ZeRO-3 config makes transformers construct
+    # models under zero.Init from then on, which partitions (and breaks the init of) the tiny base.
+    save_base = tiny_base_dir if int(os.environ.get("RANK", "0")) == 0 else None
+    model, processor = build_trainable(cfg, texts, save_base_to=save_base)
     strict, max_len, system = cfg.data.strict, cfg.data.max_length, prompts.system
     train_ds = build_stage_dataset(train_pairs, processor, system, max_len, train_report, strict)
     val_ds = None
@@ -130,7 +153,8 @@ def build_run(cfg: RecipeConfig) -> Run:
     atomic_write_json(out / "data_report.json", {"reports": [r.to_dict() for r in reports]})
     save_recipe(cfg, out / "recipe.yaml")
     base_ref = "tiny" if tiny_base_dir is not None else str(Path(cfg.model.base).resolve())
-    writer = CheckpointWriter(cfg, checkpoint_meta(cfg, prompts.version, system, base_ref), tiny_base_dir)
+    meta = {**checkpoint_meta(cfg, prompts.version, system, base_ref), **runtime_choices(cfg)}
+    writer = CheckpointWriter(cfg, meta, tiny_base_dir)
     trainer = PancapTrainer(
         model=model,
         args=training_arguments(cfg, val_ds is not None),
@@ -151,12 +175,17 @@ def run_training(cfg: RecipeConfig) -> dict:
     run = build_run(cfg)
     trainer, out = run.trainer, Path(cfg.train.output_dir)
     metrics: dict = {"train_stage_rows": len(run.train_ds), "val_stage_rows": len(run.val_ds or [])}
+    metrics.update(runtime_choices(cfg))  # attention backend, dtype, quantization actually used
     metrics["skipped_records"] = sum(r.n_skipped for r in run.reports)
     resume = _resume_point(cfg, out)
-    if run.val_ds is not None and resume is None:
-        metrics["eval_loss_start"] = trainer.evaluate()["eval_loss"]
+    # The start eval runs inside train() (eval_on_start): an evaluate() before train() would wrap the model in a
+    # DeepSpeed inference engine, and train() would then never create the training engine.
+    start_eval = run.val_ds is not None and resume is None
+    trainer.args.eval_on_start = start_eval
     started = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
+    if start_eval:
+        metrics["eval_loss_start"] = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     metrics.update({"train_" + k.removeprefix("train_"): v for k, v in result.metrics.items()})
     metrics["train_wall_seconds"] = round(time.time() - started, 1)
     if run.val_ds is not None:
@@ -190,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         log.error("%s", err)
         return 2
+    except NonFiniteLossError as err:  # the message names the step and the samples; no NaN weight was saved
+        log.error("%s", err)
+        return 3
     for key in ("eval_loss_start", "eval_loss_end", "eval_loss_drop", "train_wall_seconds"):
         if key in metrics:
             print(f"{key}: {metrics[key]}")

@@ -5,7 +5,8 @@ What it adds to the Trainer (resume, logging, accumulation, mixed precision, ZeR
   auxiliary losses (e.g. a mask head) plug in through ``aux_losses`` without touching this file;
 - per-stage losses in the logs (``loss_localize`` ... and ``eval_loss_localize`` ...);
 - a separate learning rate for the multimodal projector;
-- a non-finite loss guard (stop with the step and sample ids, or skip the step);
+- a non-finite guard on the loss and the gradient norm (stop with the step and sample ids, or skip the step:
+  its gradients are dropped so the optimizer leaves every weight and moment untouched);
 - checkpoints that load on their own: adapter + projector + processor + recipe + metadata (+ tiny base).
 """
 
@@ -63,13 +64,21 @@ class PancapTrainer(Trainer):
         self.projector_param_names = projector_param_names or set()
         self.nonfinite_loss = nonfinite_loss
         self.max_skipped_steps = max_skipped_steps
-        self.skipped_steps = 0
+        self.skipped_steps = 0  # consecutive
+        self.skipped_total = 0
+        self._window_ids: list[str] = []  # sample ids of the micro-batches of the current optimizer step
+        self._window_nonfinite = False
         self.aux_losses = list(aux_losses)
         self.checkpoint_writer = checkpoint_writer
         self.loss_is_scaled_for_ga = True  # compute_loss normalises over the accumulated batch itself
         self._stage_sums = {True: torch.zeros(len(STAGES)), False: torch.zeros(len(STAGES))}
         self._stage_counts = {True: torch.zeros(len(STAGES)), False: torch.zeros(len(STAGES))}
         self._aux_logs: dict[str, list[float]] = {}
+        if nonfinite_loss == "skip" and self.is_deepspeed_enabled:
+            raise ValueError(
+                "train.nonfinite_loss=skip is not supported under DeepSpeed (its engine steps the optimizer inside "
+                "backward, before the step could be dropped); use train.nonfinite_loss=stop"
+            )
 
     # ----------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -94,7 +103,9 @@ class PancapTrainer(Trainer):
                 loss = loss + value
                 self._aux_logs.setdefault(name, []).append(float(value.detach()))
         self._record_stages(losses.detach(), mask, stage_ids, model.training)
-        loss = self._guard_nonfinite(loss, sample_ids)
+        if model.training:  # eval reports a non-finite loss as it is
+            self._window_ids.extend(sample_ids or [])
+            loss = self._guard_nonfinite(loss)
         return (loss, outputs) if return_outputs else loss
 
     def _record_stages(self, losses, mask, stage_ids, training: bool) -> None:
@@ -103,18 +114,43 @@ class PancapTrainer(Trainer):
         self._stage_sums[training].index_add_(0, stage_ids.cpu(), per_sample)
         self._stage_counts[training].index_add_(0, stage_ids.cpu(), counts)
 
-    def _guard_nonfinite(self, loss: torch.Tensor, sample_ids) -> torch.Tensor:
+    def _where(self) -> str:
+        return f"step {self.state.global_step + 1}, samples {self._window_ids or '?'}"
+
+    def _guard_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
         if torch.isfinite(loss).all():
-            self.skipped_steps = 0
             return loss
-        where = f"step {self.state.global_step}, samples {list(sample_ids) if sample_ids else '?'}"
         if self.nonfinite_loss == "stop":
-            raise NonFiniteLossError(f"non-finite loss {loss.item()} at {where}; nothing was saved after it")
+            raise NonFiniteLossError(
+                f"non-finite loss {loss.item()} at {self._where()}; stopped before the optimizer step "
+                "(set train.nonfinite_loss=skip to drop such steps instead)"
+            )
+        self._window_nonfinite = True
+        # Backward still runs (its NaN gradients are dropped in _get_grad_norm) and the Trainer's
+        # logging_nan_inf_filter keeps the NaN out of the logged loss.
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Called by the Trainer after clipping, right before ``optimizer.step()``: the last point to stop/skip."""
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        norm_ok = grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)).all())
+        bad = self._window_nonfinite or not norm_ok
+        what = "non-finite loss" if self._window_nonfinite else f"non-finite gradient norm {grad_norm}"
+        where = self._where()
+        self._window_ids, self._window_nonfinite = [], False
+        if not bad:
+            self.skipped_steps = 0
+            return grad_norm
+        if self.nonfinite_loss == "stop":  # under DeepSpeed the engine has stepped already; nothing is saved
+            when = "after DeepSpeed's optimizer step" if self.is_deepspeed_enabled else "before the optimizer step"
+            raise NonFiniteLossError(f"{what} at {where}; stopped {when}")
         self.skipped_steps += 1
+        self.skipped_total += 1
         if self.skipped_steps > self.max_skipped_steps:
-            raise NonFiniteLossError(f"{self.skipped_steps} consecutive non-finite losses (last at {where})")
-        # Zero loss with the graph kept: gradients are zero, so this batch changes nothing.
-        return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+            raise NonFiniteLossError(f"{self.skipped_steps} consecutive non-finite steps (last: {what} at {where})")
+        for param in model.parameters():
+            param.grad = None  # torch optimizers skip parameters without a gradient: no update, no moment change
+        return grad_norm
 
     # ------------------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -131,6 +167,8 @@ class PancapTrainer(Trainer):
             for name, values in self._aux_logs.items():
                 logs[name] = round(sum(values) / len(values), 4)
             self._aux_logs.clear()
+            if self.skipped_total:
+                logs["nonfinite_skipped_steps"] = self.skipped_total
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------- optimizer
@@ -164,5 +202,5 @@ class PancapTrainer(Trainer):
         if bad:
             raise NonFiniteLossError(f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:3]})")
         super()._save(output_dir, state_dict=state_dict)
-        if self.checkpoint_writer is not None:
+        if self.checkpoint_writer is not None and self.args.should_save:  # one writer under multi-process
             self.checkpoint_writer(output_dir)

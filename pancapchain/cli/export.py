@@ -1,0 +1,34 @@
+"""``pancapchain export --checkpoint DIR --out DIR [--dtype bf16|fp16|fp32]``: merged llava-hf folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="merge a training checkpoint (LoRA + projector) into a folder plain transformers loads",
+        description="Merge a training checkpoint into a standalone llava-hf folder (see docs/export.md).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint folder (out/ or out/checkpoint-N)")
+    parser.add_argument("--out", required=True, help="output folder (must be empty or absent unless --force)")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="weights dtype (default bf16)")
+    parser.add_argument("--base", default=None, help="base model folder, if it moved since training")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pancapchain.model.checkpoint import CheckpointError
+    from pancapchain.model.export import ExportError, export_checkpoint
+    from pancapchain.model.merge import MergeError
+    from pancapchain.model.staging import OutputDirError
+
+    try:
+        export_checkpoint(args.checkpoint, args.out, args.dtype, args.force, args.base)
+    except (ExportError, CheckpointError, MergeError, OutputDirError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -92,11 +92,30 @@ class TrainSection:
 
 
 @dataclass
+class MaskSection:
+    """SGDiff-style mask head trained jointly (see docs/mask_head.md)."""
+
+    enabled: bool = False
+    backend: str = "light"  # light (MaskFormer-style, no extra weights) | sam (needs sam_path)
+    sam_path: str = ""  # local SamModel checkpoint directory for backend=sam
+    dim: int = 64  # mask embedding width (256 for real models)
+    upsample: int = 2  # x2 stages of the pixel decoder: mask side = patch grid * 2**upsample
+    # Stages whose answers' box groups are supervised with the entity masks.
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    mecl_weight: float = 0.1  # 0 turns MECL (and the word projection) off
+    tau: float = 0.07
+    tau_g: float = 0.1
+
+
+@dataclass
 class RecipeConfig:
     model: ModelSection = field(default_factory=ModelSection)
     lora: LoraSection = field(default_factory=LoraSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    mask: MaskSection = field(default_factory=MaskSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,6 +179,7 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append("train.nonfinite_loss must be 'stop' or 'skip'")
     if t.deepspeed and not Path(t.deepspeed).is_file():
         problems.append(f"train.deepspeed={t.deepspeed!r} is not a file")
+    problems += mask_problems(cfg.mask)
     if problems:
         raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
 
@@ -173,6 +193,20 @@ def precision_problems(precision: str) -> list[str]:
     if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         return ["model.precision=bf16: this GPU has no bf16 support (pre-Ampere); use fp16 or auto"]
     return []
+
+
+def mask_problems(mask: MaskSection) -> list[str]:
+    problems = []
+    if mask.backend not in ("light", "sam"):
+        problems.append("mask.backend must be 'light' or 'sam'")
+    if mask.enabled and mask.backend == "sam" and not Path(mask.sam_path).is_dir():
+        problems.append(f"mask.backend=sam needs mask.sam_path to be a local SamModel directory, got {mask.sam_path!r}")
+    unknown = sorted(set(mask.stages) - set(STAGES))
+    if unknown:
+        problems.append(f"mask.stages has unknown stages {unknown}; known: {list(STAGES)}")
+    if min(mask.bce_weight, mask.dice_weight, mask.mecl_weight) < 0 or mask.dim <= 0 or mask.upsample < 0:
+        problems.append("mask weights must be >= 0, mask.dim > 0 and mask.upsample >= 0")
+    return problems
 
 
 def active_stages(cfg: RecipeConfig) -> list[str]:

@@ -18,6 +18,7 @@ COMMANDS = (
     "infer",
     "chat",
     "visualize",
+    "ground",
     "eval",
     "export",
     "convert-llava",

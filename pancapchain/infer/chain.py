@@ -142,10 +142,16 @@ class PancapChain:
         )
         for state, prompt, (text, truncated) in zip(states, prompts, texts):
             self.set_output(state, stage, text, prompt, truncated)
-        if stage == "caption" and self.masks is not None:
-            for i, state in enumerate(states):
-                out = state.outputs["caption"]
-                state.masks = self.masks.predict(features, i, out.prompt, out.raw, state.height, state.width)
+        if stage == "caption":
+            self.predict_masks(states, features)
+
+    def predict_masks(self, states: Sequence[ChainState], features) -> None:
+        """With a mask head: a mask for every box group of each state's caption (teacher-forced forward)."""
+        if self.masks is None:
+            return
+        for i, state in enumerate(states):
+            out = state.outputs["caption"]
+            state.masks = self.masks.predict(features, i, out.prompt, out.raw, state.height, state.width)
 
     def encode(self, states: Sequence[ChainState]):
         """Vision tower + projector once for these images."""
@@ -171,8 +177,11 @@ class PancapChain:
         for stage in STAGES:
             started = time.perf_counter()
             todo = [i for i, s in enumerate(states) if not (given and stage in given[i])]
-            for i in set(range(len(states))) - set(todo):
+            done = sorted(set(range(len(states))) - set(todo))
+            for i in done:
                 self.set_output(states[i], stage, given[i][stage], self.stage_prompt(stage, states[i]), edited=True)
+            if stage == "caption" and done:
+                self.predict_masks([states[i] for i in done], self.generator.select(features, done))
             if todo:
                 self.run_stage(stage, [states[i] for i in todo], self.generator.select(features, todo), options)
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
@@ -197,9 +206,9 @@ class PancapChain:
             {"tag": tag, "box": [round(v, 4) for v in box], "box_model": self.codec.encode([box], w, h)}
             for tag, box in mentions
         ]
-        for entity, gm in zip(out["entities"], self._entity_masks(state, [box for _, box in mentions])):
-            if gm is not None:
-                entity["mask"], entity["mask_score"] = gm.rle(), round(gm.score, 4)
+        # Masks in the evaluation's format: one per entity, linked by its box (see pancapchain.eval.inputs).
+        masks = zip(out["entities"], self._entity_masks(state, [box for _, box in mentions]))
+        out["masks"] = [{"box": e["box"], "rle": gm.rle(), "score": round(gm.score, 4)} for e, gm in masks if gm]
         return out
 
     def _entity_masks(self, state: ChainState, boxes: list) -> list:

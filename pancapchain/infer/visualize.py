@@ -31,10 +31,11 @@ def draw_prediction(image: Image.Image, pred: dict) -> Image.Image:
     w, h = round(image.width * scale), round(image.height * scale)
     canvas = image.convert("RGB").resize((w, h), Image.NEAREST)
     overlay = np.asarray(canvas).astype(np.float32)
-    for i, ent in enumerate(pred.get("entities", [])):
-        if ent.get("mask"):
-            mask = np.asarray(Image.fromarray(_decode_mask(ent["mask"])).resize((w, h), Image.NEAREST))
-            overlay[mask] = 0.55 * overlay[mask] + 0.45 * np.array(PALETTE[i % len(PALETTE)])
+    boxes = [tuple(e["box"]) for e in pred.get("entities", [])]
+    for k, entry in enumerate(pred.get("masks", [])):
+        i = boxes.index(tuple(entry["box"])) if tuple(entry.get("box", ())) in boxes else k
+        mask = np.asarray(Image.fromarray(_decode_mask(entry["rle"])).resize((w, h), Image.NEAREST))
+        overlay[mask] = 0.55 * overlay[mask] + 0.45 * np.array(PALETTE[i % len(PALETTE)])
     canvas = Image.fromarray(overlay.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()

@@ -24,6 +24,8 @@ from pancapchain.config import ConfigError, RecipeConfig, active_stages, load_re
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import load_prompts
+from pancapchain.mask.attach import attach_mask_head
+from pancapchain.mask.supervision import MaskLoss
 from pancapchain.model.build import build_trainable, projector_parameter_names, runtime_choices, select_dtype
 from pancapchain.model.checkpoint import CheckpointWriter, checkpoint_meta
 from pancapchain.train.collator import PancapCollator
@@ -107,6 +109,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
         cfg.train.seed,
         cfg.data.strict,
         max_samples,
+        list(cfg.mask.stages) if cfg.mask.enabled else (),
     )
 
 
@@ -142,6 +145,7 @@ def build_run(cfg: RecipeConfig) -> Run:
     # models under zero.Init from then on, which partitions (and breaks the init of) the tiny base.
     save_base = tiny_base_dir if int(os.environ.get("RANK", "0")) == 0 else None
     model, processor = build_trainable(cfg, texts, save_base_to=save_base)
+    head = attach_mask_head(model, cfg.mask) if cfg.mask.enabled else None
     strict, max_len, system = cfg.data.strict, cfg.data.max_length, prompts.system
     train_ds = build_stage_dataset(train_pairs, processor, system, max_len, train_report, strict)
     val_ds = None
@@ -160,14 +164,20 @@ def build_run(cfg: RecipeConfig) -> Run:
         args=training_arguments(cfg, val_ds is not None),
         train_dataset=train_ds,
         eval_dataset=val_ds,
-        data_collator=PancapCollator(processor, system, cfg.data.stages),
+        data_collator=PancapCollator(processor, system, cfg.data.stages, head.cfg.mask_side if head else 0),
         processing_class=processor,
         projector_lr=cfg.train.projector_lr,
         projector_param_names=projector_parameter_names(model),
         nonfinite_loss=cfg.train.nonfinite_loss,
         checkpoint_writer=writer,
+        aux_losses=[_mask_loss(model, cfg)] if head else [],
     )
     return Run(cfg, trainer, processor, train_ds, val_ds, reports)
+
+
+def _mask_loss(model, cfg: RecipeConfig) -> MaskLoss:
+    m = cfg.mask
+    return MaskLoss(model, m.bce_weight, m.dice_weight, m.mecl_weight, m.tau, m.tau_g)
 
 
 def run_training(cfg: RecipeConfig) -> dict:

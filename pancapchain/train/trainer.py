@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from pancapchain.constants import IGNORE_INDEX, STAGES
+from pancapchain.mask.attach import restore_head_into, save_head_from
 
 # An auxiliary loss gets (model outputs, batch) and returns {"name": scalar tensor}; the sum joins the LM loss.
 AuxLoss = Callable[[object, dict], dict[str, torch.Tensor]]
@@ -87,6 +88,7 @@ class PancapTrainer(Trainer):
         weights = inputs.pop("loss_weights")
         sample_ids = inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
+        extras = {k: inputs.pop(k) for k in list(inputs) if k.startswith("mask_") or k == "word_positions"}
         outputs = model(**inputs)
         losses, mask = token_losses(outputs.logits, labels)
         weighted = (losses * weights[:, None].to(losses.dtype) * mask).sum()
@@ -98,9 +100,12 @@ class PancapTrainer(Trainer):
             loss = weighted / mask.sum().clamp(min=1)
             if model.training:
                 loss = loss / self.args.gradient_accumulation_steps
+        # Auxiliary losses are per-batch means: scale them like a per-batch LM loss under accumulation.
+        aux_scale = 1.0 / self.args.gradient_accumulation_steps if model.training else 1.0
+        batch = {**inputs, **extras, "labels": labels, "stage_ids": stage_ids}
         for aux in self.aux_losses:
-            for name, value in aux(outputs, {**inputs, "labels": labels, "stage_ids": stage_ids}).items():
-                loss = loss + value
+            for name, value in aux(outputs, batch).items():
+                loss = loss + aux_scale * value
                 self._aux_logs.setdefault(name, []).append(float(value.detach()))
         self._record_stages(losses.detach(), mask, stage_ids, model.training)
         if model.training:  # eval reports a non-finite loss as it is
@@ -193,6 +198,11 @@ class PancapTrainer(Trainer):
         return self.optimizer
 
     # -------------------------------------------------------------------------------------- saving
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """The Trainer restores the adapter; the mask head (not a peft module) is restored here."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        restore_head_into(model or self.model, resume_from_checkpoint)
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         if state_dict is not None:
@@ -202,5 +212,6 @@ class PancapTrainer(Trainer):
         if bad:
             raise NonFiniteLossError(f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:3]})")
         super()._save(output_dir, state_dict=state_dict)
+        save_head_from(self.model, output_dir, state_dict)
         if self.checkpoint_writer is not None and self.args.should_save:  # one writer under multi-process
             self.checkpoint_writer(output_dir)

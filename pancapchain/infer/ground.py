@@ -1,0 +1,78 @@
+"""Ground a given narrative (DiffPNG-style): a mask for every boxed phrase of a caption, teacher-forced.
+
+The caption's own mentions become the earlier stages' outputs (boxes, tags, nothing missing), so the
+stage-4 prompt is exactly what the chain would have built for them; no token is generated. Optional
+DiffPNG SMR refinement replaces each mask by the union of the candidate masks it agrees with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.caption_parser import parse_caption
+from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
+from pancapchain.data.schema import SampleError, resolve_image
+from pancapchain.data.stages import StageItem, format_items
+from pancapchain.infer.batch import append_line, finished_ids
+from pancapchain.infer.chain import ChainState, PancapChain
+from pancapchain.infer.masks import refine_with_candidates
+from pancapchain.mask.refine import candidate_masks
+
+
+def given_stages(chain: PancapChain, caption: str, width: int, height: int) -> dict[str, str]:
+    """Stage outputs implied by a caption with inline boxes (either box format)."""
+    normalized = BoxCodec("normalized").convert_text(caption, width, height)
+    mentions = parse_caption(normalized, width, height).mentions
+    items = [StageItem(m.tag or "entity", m.boxes) for m in mentions]
+    boxes_only = [StageItem(None, it.boxes) for it in items]
+    return {
+        "localize": format_items(boxes_only, chain.codec, width, height),
+        "label": format_items(items, chain.codec, width, height),
+        "discover": format_items([], chain.codec, width, height),
+        "caption": chain.codec.convert_text(caption, width, height),
+    }
+
+
+def ground(
+    chain: PancapChain, image: Image.Image, caption: str, image_id: str = "image", candidates: Sequence | None = None,
+    tau: float = 0.5,
+) -> dict:
+    """The chain's result dict for a given caption: entities (both box formats) and one mask per entity."""
+    if chain.masks is None:
+        raise ValueError("this model has no mask head (train with mask.enabled=true)")
+    state = ChainState(image_id, image.convert("RGB"))
+    chain.run([state], given=[given_stages(chain, caption, state.width, state.height)])
+    if candidates:
+        refine_with_candidates(state.masks, list(candidates), tau)
+    return chain.result(state)
+
+
+def ground_dataset(
+    chain: PancapChain, data: str | Path, out: str | Path, image_root: str | Path | None = None,
+    candidates: dict | None = None, tau: float = 0.5,
+) -> SkipReport:
+    """Ground every sample's own caption; appends results to ``out`` (resumable), scoreable by ``eval``."""
+    samples, report = load_samples(data)
+    root = Path(image_root) if image_root else Path(data).parent
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = finished_ids(out)
+    for sample in tqdm([s for s in samples if s.id not in done], desc="ground", unit="img"):
+        try:
+            with Image.open(resolve_image(root, sample.image, sample.id)) as img:
+                cands = candidate_masks(candidates[sample.id], img.height, img.width, sample.id) \
+                    if candidates and sample.id in candidates else None
+                result = ground(chain, img, sample.caption, sample.id, cands, tau)
+        except (OSError, SampleError, ValueError) as err:
+            report.skip(sample.id, f"{type(err).__name__}: {err}")
+            continue
+        result["image"] = sample.image
+        append_line(out, result)
+    report.kept = len(samples) - report.n_skipped
+    atomic_write_json(out.with_suffix(".report.json"), report.to_dict())
+    return report

@@ -1,0 +1,90 @@
+"""The mask head inside training and inference: grounding positions, zero-entity batches, checkpoints, chain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from pancapchain.config import load_recipe
+from pancapchain.constants import BOX_CLOSE
+from pancapchain.data.synth import write_dataset
+from pancapchain.infer.chain import ChainState, PancapChain
+from pancapchain.infer.generation import GenerationOptions
+from pancapchain.mask.attach import mask_head_of
+from pancapchain.mask.targets import loads_targets
+from pancapchain.train.run import build_run, run_training
+
+MASK = {"mask.enabled": "true", "mask.dim": "16", "mask.upsample": "1"}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    write_dataset(root, 6, 2, seed=3, size=32, progress=False)
+    return root
+
+
+def test_grounding_positions_are_the_closing_box_tokens(synth, tmp_path):
+    run = build_run(load_recipe(None, tiny_overrides(synth / "train.jsonl", tmp_path / "out", **MASK)))
+    rows = [run.train_ds[i] for i in range(8)]
+    batch = run.trainer.data_collator(rows)
+    close_id = run.processor.tokenizer.convert_tokens_to_ids(BOX_CLOSE)
+    positions = batch["mask_positions"]
+    n_targets = sum(len(loads_targets(r["masks"])) for r in rows)
+    assert positions.shape == (n_targets, 2) and n_targets > 0
+    # the query token of every entity is exactly its </box> token in input_ids (no offsets anywhere)
+    assert (batch["input_ids"][positions[:, 0], positions[:, 1]] == close_id).all()
+    # and every supervised </box> of the answers is a query
+    supervised_close = (batch["labels"] == close_id) & torch.tensor([[bool(r["masks"])] for r in rows])
+    assert int(supervised_close.sum()) == n_targets
+    side = mask_head_of(run.trainer.model).cfg.mask_side
+    assert batch["mask_targets"].shape == (n_targets, side, side)
+    assert set(batch["mask_targets"].unique().tolist()) <= {0.0, 1.0}
+    # MECL positives point at tag tokens of the answer, before each query
+    pairs, words = batch["mask_word_pairs"], batch["word_positions"]
+    assert len(pairs) > 0
+    tag_pos = words[pairs[:, 1]]
+    assert (tag_pos[:, 0] == positions[pairs[:, 0], 0]).all() and (tag_pos[:, 1] < positions[pairs[:, 0], 1]).all()
+
+
+def test_batch_without_any_mask_still_trains_every_head_parameter(synth, tmp_path):
+    run = build_run(load_recipe(None, tiny_overrides(synth / "train.jsonl", tmp_path / "out", **MASK)))
+    rows = [dict(run.train_ds[i], masks="") for i in range(4)]  # zero entities with masks
+    batch = run.trainer.data_collator(rows)
+    assert batch["mask_positions"].shape == (0, 2)
+    model = run.trainer.model
+    model.train()
+    loss = run.trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    head = mask_head_of(model)
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in head.parameters())  # the zero-entity anchor keeps them in the graph
+
+
+def test_mask_training_checkpoint_and_chain_masks(synth, tmp_path):
+    out = tmp_path / "run"
+    metrics = run_training(load_recipe(None, tiny_overrides(synth / "train.jsonl", out, **MASK,
+                                                            **{"train.max_steps": "3"})))
+    log = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    assert any("mask_bce" in entry and "mask_dice" in entry and "mecl" in entry for entry in log)
+    assert metrics["train_stage_rows"] > 0
+    for folder in (out, out / "checkpoint-3"):
+        assert (folder / "mask_head.safetensors").is_file() and (folder / "mask_head.json").is_file()
+
+    chain = PancapChain.from_pretrained(str(out))
+    assert chain.masks is not None
+    from PIL import Image
+
+    sample = json.loads((synth / "val.jsonl").read_text().splitlines()[0])
+    image = Image.open(synth / sample["image"]).convert("RGB")
+    caption_given = "A red circle <box>[[100, 200, 400, 600]]</box> and a sky <box>[[0, 100, 1000, 400]]</box>."
+    options = GenerationOptions(max_new_tokens={"localize": 8, "label": 8, "discover": 8, "caption": 8})
+    [result] = chain.run([ChainState("x", image)], options, given=[{"caption": caption_given}])
+    assert len(result["entities"]) == 2 and len(result["masks"]) == 2
+    assert [m["box"] for m in result["masks"]] == [e["box"] for e in result["entities"]]
+    for entry in result["masks"]:
+        assert entry["rle"]["size"] == [image.height, image.width]
+        assert 0.0 <= entry["score"] <= 1.0

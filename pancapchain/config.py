@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pancapchain.constants import BOX_FORMATS, STAGES
+from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, STAGES, TASKS
 from pancapchain.model.tiny import TinyModelConfig
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
@@ -56,8 +56,9 @@ class DataSection:
     image_root: str = ""  # default: the directory of each JSONL file
     box_format: str = "asmv2"
     prompt_version: str = "v1"
-    # Stage -> loss weight; weight 0 = not trained (keys merge with these defaults, so set 0 to drop one).
-    stages: dict[str, float] = field(default_factory=lambda: {s: 1.0 for s in STAGES})
+    # Task -> loss weight; weight 0 = not trained (keys merge with these defaults, so set 0 to drop one).
+    # Keys: the four chain stages (default 1) and the extra box tasks segcap/region (default 0, see TASKS).
+    stages: dict[str, float] = field(default_factory=lambda: {t: float(t in STAGES) for t in TASKS})
     discover_ratio: list[float] = field(default_factory=lambda: [0.3, 0.7])
     max_length: int = 2048
     strict: bool = False  # fail on the first bad record instead of skipping and reporting it
@@ -100,8 +101,8 @@ class MaskSection:
     sam_path: str = ""  # local SamModel checkpoint directory for backend=sam
     dim: int = 64  # mask embedding width (256 for real models)
     upsample: int = 2  # x2 stages of the pixel decoder: mask side = patch grid * 2**upsample
-    # Stages whose answers' box groups are supervised with the entity masks.
-    stages: list[str] = field(default_factory=lambda: list(STAGES))
+    # Tasks whose answers' box groups are supervised with the entity masks (tasks not trained add nothing).
+    stages: list[str] = field(default_factory=lambda: list(TASKS))
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     mecl_weight: float = 0.1  # 0 turns MECL (and the word projection) off
@@ -161,9 +162,10 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append("nothing to train: enable lora, model.train_projector or unfreeze the vision tower")
     if d.box_format not in BOX_FORMATS:
         problems.append(f"data.box_format must be one of {BOX_FORMATS}")
-    unknown = sorted(set(d.stages) - set(STAGES))
+    unknown = sorted(set(d.stages) - set(TASKS))
     if unknown:
-        problems.append(f"data.stages has unknown stages {unknown}; known: {list(STAGES)}")
+        problems.append(f"data.stages has unknown stages {unknown}; known: {list(TASKS)}")
+    problems += prompt_problems(d.prompt_version, [t for t in EXTRA_TASKS if d.stages.get(t, 0.0) > 0])
     if any(w < 0 for w in d.stages.values()) or not any(w > 0 for w in d.stages.values()):
         problems.append("data.stages weights must be >= 0 with at least one stage > 0")
     lo_r, hi_r = (d.discover_ratio + [0, 0])[:2]
@@ -201,17 +203,28 @@ def mask_problems(mask: MaskSection) -> list[str]:
         problems.append("mask.backend must be 'light' or 'sam'")
     if mask.enabled and mask.backend == "sam" and not Path(mask.sam_path).is_dir():
         problems.append(f"mask.backend=sam needs mask.sam_path to be a local SamModel directory, got {mask.sam_path!r}")
-    unknown = sorted(set(mask.stages) - set(STAGES))
+    unknown = sorted(set(mask.stages) - set(TASKS))
     if unknown:
-        problems.append(f"mask.stages has unknown stages {unknown}; known: {list(STAGES)}")
+        problems.append(f"mask.stages has unknown stages {unknown}; known: {list(TASKS)}")
     if min(mask.bce_weight, mask.dice_weight, mask.mecl_weight) < 0 or mask.dim <= 0 or mask.upsample < 0:
         problems.append("mask weights must be >= 0, mask.dim > 0 and mask.upsample >= 0")
     return problems
 
 
+def prompt_problems(version: str, tasks: list[str]) -> list[str]:
+    """Extra tasks the recipe trains whose prompt file the prompt version lacks."""
+    from pancapchain.data.prompts import missing_task_prompts
+
+    missing = missing_task_prompts(version, tasks)
+    if not missing:
+        return []
+    files = ", ".join(f"prompts/{version}/{t}.yaml" for t in missing)
+    return [f"data.stages trains {missing} but prompt version {version!r} has no {files}: add it or set weight 0"]
+
+
 def active_stages(cfg: RecipeConfig) -> list[str]:
-    """Stages with a positive weight, in chain order."""
-    return [s for s in STAGES if cfg.data.stages.get(s, 0.0) > 0]
+    """Tasks with a positive weight: chain stages in chain order, then the extra tasks (TASKS order)."""
+    return [s for s in TASKS if cfg.data.stages.get(s, 0.0) > 0]
 
 
 def save_recipe(cfg: RecipeConfig, path: str | Path) -> None:

@@ -19,6 +19,8 @@ COMMANDS = (
     "chat",
     "visualize",
     "ground",
+    "segcap",
+    "region",
     "eval",
     "export",
     "convert-llava",

@@ -7,7 +7,11 @@ Layout of one version directory (``prompts/v1/`` holds the paper's wording)::
     label.yaml     ... template has the placeholder {boxes}     (the stage-1 answer)
     discover.yaml  ... template has the placeholder {entities}  (the stage-2 answer)
     caption.yaml   ... template has the placeholder {entities}  (stage-2 + stage-3 answers merged)
+    segcap.yaml    optional: template has the placeholder {box}  (SGDiff SegCaptioning, a central entity's box)
+    region.yaml    optional: template has the placeholder {box}  (SCA region captioning)
 
+The four chain stages are required; an extra task (``EXTRA_TASKS``) is loaded when its file exists, so a
+version without it simply cannot train or run that task (:meth:`PromptSet.require` says so by name).
 A placeholder is ``{name}``; any other brace in a template is an error, so a typo such as ``{boxes``
 cannot reach training data. Unknown keys, missing keys and wrong placeholders are rejected with a
 message naming the file.
@@ -16,20 +20,23 @@ message naming the file.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pancapchain.constants import STAGES
+from pancapchain.constants import EXTRA_TASKS, STAGES, TASKS
 
-# The placeholders each stage template must contain, exactly.
+# The placeholders each task template must contain, exactly.
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "localize": (),
     "label": ("boxes",),
     "discover": ("entities",),
     "caption": ("entities",),
+    "segcap": ("box",),
+    "region": ("box",),
 }
 _STAGE_KEYS = ("version", "stage", "template", "output")
 _META_KEYS = ("version", "description", "system")
@@ -71,6 +78,19 @@ class PromptSet:
             )
         return _PLACEHOLDER_RE.sub(lambda m: str(fields[m.group(1)]), prompt.template)
 
+    def require(self, tasks: Sequence[str]) -> None:
+        """Raise :class:`PromptError` naming every task of ``tasks`` this prompt version has no template for."""
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            raise PromptError(f"unknown tasks {unknown}; tasks are {list(TASKS)}")
+        missing = [t for t in tasks if t not in self.stages]
+        if missing:
+            files = ", ".join(f"{t}.yaml" for t in missing)
+            raise PromptError(
+                f"prompt version {self.version!r} has no template for {missing} (no {files} in its directory): "
+                f"add the file(s) or set data.stages weight 0 for {missing}"
+            )
+
 
 def default_prompt_root() -> Path:
     """``<repo>/prompts``: the directory next to the package (``<repo>/pancapchain/data/prompts.py``).
@@ -90,12 +110,21 @@ def load_prompts(version: str = "v1", root: Path | None = None) -> PromptSet:
     meta = _read_mapping(meta_path, _META_KEYS)
     _check_version(meta, version, meta_path)
     stages = {stage: _load_stage(directory / f"{stage}.yaml", stage, version) for stage in STAGES}
+    for task in EXTRA_TASKS:
+        if (directory / f"{task}.yaml").exists():
+            stages[task] = _load_stage(directory / f"{task}.yaml", task, version)
     return PromptSet(
         version=version,
         system=_string(meta, "system", meta_path),
         description=_string(meta, "description", meta_path),
         stages=stages,
     )
+
+
+def missing_task_prompts(version: str, tasks: Sequence[str], root: Path | None = None) -> list[str]:
+    """The extra tasks of ``tasks`` whose ``<root>/<version>/<task>.yaml`` does not exist (a cheap pre-check)."""
+    directory = Path(root if root is not None else default_prompt_root()) / version
+    return [t for t in tasks if t in EXTRA_TASKS and not (directory / f"{t}.yaml").exists()]
 
 
 def _load_stage(path: Path, stage: str, version: str) -> StagePrompt:

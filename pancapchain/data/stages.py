@@ -20,6 +20,10 @@ Repeats: an item whose text (cleaned tag + box in the codec's format) repeats an
 out of the item lists, and a repeated box out of the stage-1 list, exactly as the parser drops exact
 repeats, so every target parses back to the items it was built from (the caption is left as written).
 
+Extra tasks (``EXTRA_TASKS``: ``segcap``, ``region``) are built by :mod:`pancapchain.data.box_tasks` when
+``stages`` asks for them; a sample with nothing to teach for one is left out of that task, and the reason
+is appended to ``skipped`` when the caller passes a list (the dataset counts it).
+
 Zero-entity samples: stages 1-3 are skipped (a real image without entities is almost always an
 importer miss, and teaching "None" for localization would hurt); stage 4 is kept when the caption is
 not empty, with "None" as its item list. An empty caption skips stage 4. The caption target is
@@ -34,7 +38,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pancapchain.constants import STAGES
+from pancapchain.constants import EXTRA_TASKS, STAGES, TASKS
+from pancapchain.data.box_tasks import NoTaskExample, build_box_task
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError
@@ -105,21 +110,31 @@ def build_stage_examples(
     stages: Sequence[str] = STAGES,
     discover_ratio: tuple[float, float] = (0.3, 0.7),
     seed: int = 0,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[StageExample]:
-    """The sample's stage examples, in the order of ``stages`` (skips as in the module docstring).
+    """The sample's examples of the tasks in ``stages`` (any of TASKS), in that order (skips: module docstring).
 
-    Raises ValueError for an unknown stage or a bad ratio, SampleError for an entity with an empty tag.
+    ``skipped`` (optional) receives (task, reason) for every requested extra task the sample cannot teach.
+    Raises ValueError for an unknown task or a bad ratio, SampleError for an entity with an empty tag.
     """
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in TASKS]
     if unknown:
-        raise ValueError(f"unknown stages {unknown}; stages are {STAGES}")
+        raise ValueError(f"unknown stages {unknown}; tasks are {TASKS}")
     lo, hi = discover_ratio
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"discover_ratio must satisfy 0 <= low <= high <= 1, got {discover_ratio}")
     items = _unique(entity_items(sample), codec, sample.width, sample.height)
     out = []
     for stage in stages:
-        pair = _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed)
+        if stage in EXTRA_TASKS:
+            try:
+                pair: tuple[str, str] | None = build_box_task(stage, sample, prompts, codec, seed)
+            except NoTaskExample as why:
+                if skipped is not None:
+                    skipped.append((stage, str(why)))
+                continue
+        else:
+            pair = _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed)
         if pair is not None:
             out.append(StageExample(sample.id, stage, sample.image, sample.width, sample.height, *pair))
     return out

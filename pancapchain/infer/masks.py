@@ -58,6 +58,10 @@ class MaskPredictor:
         enc = self.tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
         targets = [MaskTarget(g.end, g.end, g.end, i, {}) for i, g in enumerate(groups)]
         located = token_positions(enc["offset_mapping"], targets, len(completion) - len(answer))
+        groups = [g for g, loc in zip(groups, located) if loc is not None]
+        located = [loc for loc in located if loc is not None]
+        if not groups:
+            return []
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([prompt_ids + enc["input_ids"]], device=device)
         image = BaseModelOutputWithPooling(pooler_output=[features.pooler_output[index]])

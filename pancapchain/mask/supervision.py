@@ -50,7 +50,10 @@ def mask_batch(
         first_word = len(words)
         words.extend((b, prompt_len + i) for i in range(len(offsets)))
         shift = len(answer) - len(row["target"])  # characters prepended to the target (the leading space)
-        for target, (end_token, tag_tokens) in zip(wanted, token_positions(offsets, wanted, shift)):
+        for target, located in zip(wanted, token_positions(offsets, wanted, shift)):
+            if located is None:
+                continue
+            end_token, tag_tokens = located
             mask = decode_rle(target.rle, f"{row['sample_id']}/{row['stage']}")
             pairs.extend((len(positions), first_word + t) for t in tag_tokens)
             positions.append((b, prompt_len + end_token))

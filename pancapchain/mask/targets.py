@@ -69,8 +69,9 @@ def loads_targets(text: str) -> list[MaskTarget]:
 
 def token_positions(
     offsets: Sequence[tuple[int, int]], targets: Sequence[MaskTarget], shift: int = 0
-) -> list[tuple[int, list[int]]]:
-    """Per target: (index of the token containing the group's last character, indices of its tag tokens).
+) -> list[tuple[int, list[int]] | None]:
+    """Per target (aligned with ``targets``): (index of the token containing the group's last character,
+    indices of its tag tokens), or None when no token covers that character.
 
     ``offsets`` are (start, end) character offsets of the answer tokens; ``shift`` is how many characters were
     prepended to the target to form the tokenized answer (the leading space of the completion).
@@ -80,6 +81,7 @@ def token_positions(
         last_char = t.end - 1 + shift
         end_token = next((i for i, (s, e) in enumerate(offsets) if s <= last_char < e), None)
         if end_token is None:
+            out.append(None)
             continue
         tag = [i for i, (s, e) in enumerate(offsets) if e > t.tag_start + shift and s < t.tag_end + shift]
         out.append((end_token, tag))

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from pancapchain.constants import IGNORE_INDEX, STAGES
+from pancapchain.constants import IGNORE_INDEX, TASKS
 from pancapchain.mask.supervision import mask_batch
 from pancapchain.model.chat import completion_text, render_prompt
 
@@ -28,7 +28,7 @@ class PancapCollator:
     Returns:
         input_ids, attention_mask, labels: (B, L) long; labels are IGNORE_INDEX on prompt, image and padding.
         pixel_values: (B, 3, S, S) float.
-        stage_ids: (B,) long, index into STAGES.
+        stage_ids: (B,) long, index into TASKS (the four stages, then segcap and region).
         loss_weights: (B,) float, the recipe's per-stage weight.
         sample_ids: list of B "sample_id/stage" strings (named in errors).
         mask_*: with ``mask_side`` > 0, the mask-head targets (see ``pancapchain.mask.supervision``).
@@ -44,7 +44,7 @@ class PancapCollator:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.system = system
-        self.stage_weights = dict(stage_weights or {s: 1.0 for s in STAGES})
+        self.stage_weights = dict(stage_weights or {t: 1.0 for t in TASKS})
         self.mask_side = mask_side  # > 0: add mask-head targets (pancapchain.mask.supervision.mask_batch)
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one before training")
@@ -82,7 +82,7 @@ class PancapCollator:
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
             "pixel_values": torch.as_tensor(np.stack(enc["pixel_values"])),
-            "stage_ids": torch.tensor([STAGES.index(row["stage"]) for row in rows]),
+            "stage_ids": torch.tensor([TASKS.index(row["stage"]) for row in rows]),
             "loss_weights": torch.tensor([float(self.stage_weights.get(row["stage"], 1.0)) for row in rows]),
             "sample_ids": [f"{row['sample_id']}/{row['stage']}" for row in rows],
         }

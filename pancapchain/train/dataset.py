@@ -1,6 +1,7 @@
-"""Panoptic JSONL -> validated four-stage rows -> a ``datasets.Dataset`` with a ``length`` column.
+"""Panoptic JSONL -> validated task rows (four chain stages + segcap/region) -> a ``datasets.Dataset``.
 
-Every bad record (malformed line, contract violation, missing/corrupt image, image outside the root, over-long
+A sample that cannot teach a requested extra task (segcap/region) is kept for the other tasks and counted
+in the SkipReport as ``<id>/<task>``. Every bad record (malformed line, contract violation, missing/corrupt image, image outside the root, over-long
 sample, empty target) is skipped into a SkipReport that names it; ``strict=True`` raises on the first one.
 Images are decoded later, in the collator; here they are only opened and verified once.
 """
@@ -57,11 +58,13 @@ def collect_stage_examples(
     max_samples: int = 0,
     mask_stages: Sequence[str] = (),
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
-    """Validated samples -> (stage example, absolute image path, mask targets JSON) triples + a skip report.
+    """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
-    For stages in ``mask_stages`` the third element lists the answer's box groups that ground entities with
-    masks (``pancapchain.mask.targets``); otherwise it is "".
+    ``stages`` are any of TASKS. For tasks in ``mask_stages`` the third element lists the answer's box groups
+    that ground entities with masks (``pancapchain.mask.targets``); otherwise it is "".
+    Raises PromptError when ``prompts`` has no template for a requested task.
     """
+    prompts.require(stages)
     samples, report = load_samples(jsonl, strict=strict)
     if max_samples > 0:
         samples = samples[:max_samples]
@@ -75,13 +78,16 @@ def collect_stage_examples(
                 raise SampleError(sample.id, problem)
             report.skip(sample.id, problem)
             continue
+        no_example: list[tuple[str, str]] = []
         try:
-            examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed)
+            examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed, no_example)
         except SampleError as err:
             if strict:
                 raise
             report.skip(sample.id, f"invalid: {err.problem}")
             continue
+        for task, why in no_example:
+            report.skip(f"{sample.id}/{task}", f"no {task} example: {why}")
         out.extend((ex, path, _mask_json(ex, sample, codec, mask_stages)) for ex in examples)
         kept += 1
     report.kept = kept

@@ -3,7 +3,7 @@
 What it adds to the Trainer (resume, logging, accumulation, mixed precision, ZeRO-aware saving come with it):
 - the loss: token-level cross-entropy weighted per stage, normalised over the whole accumulated batch;
   auxiliary losses (e.g. a mask head) plug in through ``aux_losses`` without touching this file;
-- per-stage losses in the logs (``loss_localize`` ... and ``eval_loss_localize`` ...);
+- per-task losses in the logs (``loss_localize`` ... ``loss_segcap``, ``loss_region``, and ``eval_loss_...``);
 - a separate learning rate for the multimodal projector;
 - a non-finite guard on the loss and the gradient norm (stop with the step and sample ids, or skip the step:
   its gradients are dropped so the optimizer leaves every weight and moment untouched);
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from pancapchain.constants import IGNORE_INDEX, STAGES
+from pancapchain.constants import IGNORE_INDEX, TASKS
 from pancapchain.mask.attach import restore_head_into, save_head_from
 
 # An auxiliary loss gets (model outputs, batch) and returns {"name": scalar tensor}; the sum joins the LM loss.
@@ -72,8 +72,8 @@ class PancapTrainer(Trainer):
         self.aux_losses = list(aux_losses)
         self.checkpoint_writer = checkpoint_writer
         self.loss_is_scaled_for_ga = True  # compute_loss normalises over the accumulated batch itself
-        self._stage_sums = {True: torch.zeros(len(STAGES)), False: torch.zeros(len(STAGES))}
-        self._stage_counts = {True: torch.zeros(len(STAGES)), False: torch.zeros(len(STAGES))}
+        self._stage_sums = {True: torch.zeros(len(TASKS)), False: torch.zeros(len(TASKS))}  # index: stage_ids
+        self._stage_counts = {True: torch.zeros(len(TASKS)), False: torch.zeros(len(TASKS))}
         self._aux_logs: dict[str, list[float]] = {}
         if nonfinite_loss == "skip" and self.is_deepspeed_enabled:
             raise ValueError(
@@ -163,7 +163,7 @@ class PancapTrainer(Trainer):
         if training or "eval_loss" in logs:
             prefix = "loss_" if training else "eval_loss_"
             sums, counts = self._stage_sums[training], self._stage_counts[training]
-            for i, stage in enumerate(STAGES):
+            for i, stage in enumerate(TASKS):
                 if counts[i] > 0:
                     logs[prefix + stage] = round(float(sums[i] / counts[i]), 4)
             sums.zero_()

@@ -101,6 +101,7 @@ class MaskSection:
     sam_path: str = ""  # local SamModel checkpoint directory for backend=sam
     dim: int = 64  # mask embedding width (256 for real models)
     upsample: int = 2  # x2 stages of the pixel decoder: mask side = patch grid * 2**upsample
+    box_prior: bool = True  # light head: the entity's box (from the text) as a learned +-1 prior on the logits
     # Tasks whose answers' box groups are supervised with the entity masks (tasks not trained add nothing).
     stages: list[str] = field(default_factory=lambda: list(TASKS))
     bce_weight: float = 2.0

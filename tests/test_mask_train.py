@@ -88,3 +88,24 @@ def test_mask_training_checkpoint_and_chain_masks(synth, tmp_path):
     for entry in result["masks"]:
         assert entry["rle"]["size"] == [image.height, image.width]
         assert 0.0 <= entry["score"] <= 1.0
+
+
+def test_box_prior_marks_pixel_centres_inside_the_box():
+    from pancapchain.mask.head import box_prior
+    from pancapchain.mask.targets import box_on_square
+
+    prior = box_prior(torch.tensor([[0.0, 0.5, 0.5, 1.0]]), 4)
+    expected = torch.tensor([[-1, -1, -1, -1], [-1, -1, -1, -1], [1, 1, -1, -1], [1, 1, -1, -1]], dtype=torch.float32)
+    assert torch.equal(prior[0], expected)
+    # a 40x20 image sits in rows 10..29 of its 40x40 square: the full-image box covers y in [0.25, 0.75]
+    assert box_on_square((0.0, 0.0, 1.0, 1.0), 40, 20) == (0.0, 0.25, 1.0, 0.75)
+
+
+def test_collated_boxes_are_the_entities_boxes_on_the_square(synth, tmp_path):
+    run = build_run(load_recipe(None, tiny_overrides(synth / "train.jsonl", tmp_path / "out", **MASK)))
+    rows = [run.train_ds[i] for i in range(6)]
+    batch = run.trainer.data_collator(rows)
+    assert batch["mask_boxes"].shape == (batch["mask_positions"].shape[0], 4)
+    boxes = batch["mask_boxes"]
+    assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2] >= boxes[:, 0]).all()
+    assert mask_head_of(run.trainer.model).box_gain is not None

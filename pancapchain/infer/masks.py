@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from pancapchain.data.boxes import BoxGroup, find_box_groups
+from pancapchain.data.boxes import BoxCodec, BoxGroup, find_box_groups
 from pancapchain.mask.head import MaskHead
 from pancapchain.mask.refine import smr_refine
 from pancapchain.mask.rle import encode_rle, logits_to_image
 from pancapchain.mask.supervision import final_norm
-from pancapchain.mask.targets import MaskTarget, token_positions
+from pancapchain.mask.targets import MaskTarget, box_on_square, token_positions
 from pancapchain.model.chat import completion_text, expand_image_tokens, render_prompt
 
 
@@ -69,7 +69,10 @@ class MaskPredictor:
         positions = torch.tensor([len(prompt_ids) + end for end, _ in located], device=device)
         states = self._states[0, positions]
         patch = features.pooler_output[index][None]
-        [logits] = self.head(patch, [states])
+        codec = BoxCodec("normalized")  # decode_group reads each group's own format
+        boxes = torch.tensor([box_on_square(codec.decode_group(g, width, height)[0], width, height) for g in groups],
+                             device=device)
+        [logits] = self.head(patch, [states], [boxes])
         logits = logits_to_image(logits.float(), height, width)
         probs = torch.sigmoid(logits)
         out = []

@@ -54,6 +54,7 @@ class MaskHeadConfig:
     backend: str = "light"  # "light" | "sam"
     sam_path: str = ""  # local SamModel checkpoint folder for backend="sam"
     word_proj: bool = False  # add Linear(d -> D) for MECL word embeddings (``MaskHead.word_embeddings``)
+    box_prior: bool = False  # add a learned gain x (+1 inside / -1 outside the entity's box) to the logits
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "vision_size", "grid", "dim"):
@@ -125,6 +126,9 @@ class MaskHead(nn.Module):
         self.pixel_decoder: PixelDecoder | None = None
         self.sam: SamBackend | None = None
         self.word_proj = nn.Linear(d, dim) if cfg.word_proj else None
+        # The entity's box is in the text the queries come from; a box prompt (as SAM takes one) lets the head
+        # spend its capacity on the shape inside the box instead of re-deriving the box from digits.
+        self.box_gain = nn.Parameter(torch.tensor(1.0)) if cfg.box_prior else None
         if cfg.backend == "light":
             self.pixel_decoder = PixelDecoder(cfg.vision_size, dim, cfg.upsample)
         else:
@@ -204,9 +208,13 @@ class MaskHead(nn.Module):
         return list(self.queries(torch.cat(entity_states)).split(counts))
 
     def forward_features(
-        self, patch_features: Tensor, entity_states: list[Tensor]
+        self, patch_features: Tensor, entity_states: list[Tensor], boxes: list[Tensor] | None = None
     ) -> tuple[Tensor, list[Tensor]]:
-        """Both outputs at once: pixel features ``(B, D, S, S)`` and per-image logits ``[(N_b, S, S)]``."""
+        """Both outputs at once: pixel features ``(B, D, S, S)`` and per-image logits ``[(N_b, S, S)]``.
+
+        ``boxes[b]`` ``(N_b, 4)``: the entities' xyxy boxes normalized on the padded square (used with
+        ``cfg.box_prior``; ignored otherwise).
+        """
         side = self.cfg.mask_side
         if self.sam is not None:
             embeddings = self.sam.image_embeddings(patch_features)
@@ -222,11 +230,16 @@ class MaskHead(nn.Module):
                 logits.append(self.sam.decode(embeddings[b : b + 1], q))
             else:
                 logits.append(torch.einsum("nd,dhw->nhw", q, feats[b]))
+        if self.box_gain is not None and boxes is not None:
+            logits = [lg + self.box_gain * box_prior(bx.to(lg), side) if lg.shape[0] else lg
+                      for lg, bx in zip(logits, boxes)]
         return feats, logits
 
-    def forward(self, patch_features: Tensor, entity_states: list[Tensor]) -> list[Tensor]:
+    def forward(
+        self, patch_features: Tensor, entity_states: list[Tensor], boxes: list[Tensor] | None = None
+    ) -> list[Tensor]:
         """``entity_states[b]`` ``(N_b, d)`` -> list of B mask logits ``(N_b, S, S)``; N_b = 0 -> ``(0, S, S)``."""
-        return self.forward_features(patch_features, entity_states)[1]
+        return self.forward_features(patch_features, entity_states, boxes)[1]
 
     def saved_state_dict(self) -> dict[str, Tensor]:
         """Weights that ``save_mask_head`` writes: everything except SAM's frozen parts (reloaded from sam_path)."""
@@ -234,6 +247,14 @@ class MaskHead(nn.Module):
         return {
             k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith(frozen)
         }
+
+
+def box_prior(boxes: Tensor, side: int) -> Tensor:
+    """``(N, 4)`` xyxy boxes in [0, 1] -> ``(N, side, side)``: +1 where a pixel centre is inside the box, else -1."""
+    centres = (torch.arange(side, device=boxes.device, dtype=boxes.dtype) + 0.5) / side
+    inside_x = (centres[None] >= boxes[:, 0:1]) & (centres[None] <= boxes[:, 2:3])  # (N, side)
+    inside_y = (centres[None] >= boxes[:, 1:2]) & (centres[None] <= boxes[:, 3:4])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).to(boxes.dtype) * 2 - 1
 
 
 def save_mask_head(head: MaskHead, directory: str | Path) -> None:

@@ -5,6 +5,7 @@ The collator adds (only for rows whose answer grounds entities that have masks):
     mask_targets:   (M, S, S) float, the entity masks on the padded square the vision tower saw
     word_positions: (W, 2) long, (row, token index) of every answer token (the words MECL contrasts)
     mask_word_pairs: (P, 2) long, (mask index, word index): word w belongs to mask m's tag (MECL positives)
+    mask_boxes:     (M, 4) float, each entity's box normalized on the padded square (the head's box prior)
 
 ``MaskLoss`` is a ``PancapTrainer`` auxiliary loss: it reads the language model's last hidden states (a
 forward hook on the final norm, so no extra forward and no ``output_hidden_states`` copies of every layer)
@@ -22,7 +23,7 @@ from torch import Tensor
 from pancapchain.mask.head import MaskHead
 from pancapchain.mask.losses import dice_loss, mecl_loss, pool_mask_embeddings, sigmoid_bce_loss
 from pancapchain.mask.rle import decode_rle, masks_to_square
-from pancapchain.mask.targets import loads_targets, token_positions
+from pancapchain.mask.targets import box_on_square, loads_targets, token_positions
 
 
 def find_module(model: torch.nn.Module, kind: type) -> torch.nn.Module | None:
@@ -41,7 +42,7 @@ def mask_batch(
     rows: Sequence[Mapping], prompt_lengths: Sequence[int], tokenizer, answers: Sequence[str], side: int
 ) -> dict[str, Tensor]:
     """Mask tensors for a batch (see the module docstring); empty tensors when no row has masks."""
-    positions, targets, words, pairs = [], [], [], []
+    positions, targets, words, pairs, boxes = [], [], [], [], []
     for b, (row, prompt_len, answer) in enumerate(zip(rows, prompt_lengths, answers)):
         wanted = loads_targets(row.get("masks", ""))
         if not wanted:
@@ -58,11 +59,13 @@ def mask_batch(
             pairs.extend((len(positions), first_word + t) for t in tag_tokens)
             positions.append((b, prompt_len + end_token))
             targets.append(masks_to_square(mask[None], side)[0])
+            boxes.append(box_on_square(target.box or (0.0, 0.0, 1.0, 1.0), row["width"], row["height"]))
     return {
         "mask_positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
         "mask_targets": torch.stack(targets) if targets else torch.zeros((0, side, side)),
         "word_positions": torch.tensor(words, dtype=torch.long).reshape(-1, 2),
         "mask_word_pairs": torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
+        "mask_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
     }
 
 
@@ -90,7 +93,8 @@ class MaskLoss:
         n_rows = states.shape[0]
         image = outputs.image_hidden_states.reshape(n_rows, -1, outputs.image_hidden_states.shape[-1])
         per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]
-        feats, logits = self.head.forward_features(image, per_row)
+        boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(n_rows)] if "mask_boxes" in batch else None
+        feats, logits = self.head.forward_features(image, per_row, boxes)
         all_logits = torch.cat(logits)
         target = batch["mask_targets"].to(all_logits.dtype)
         parts = {

@@ -31,6 +31,7 @@ class MaskTarget:
     tag_end: int
     entity_id: int
     rle: dict
+    box: tuple[float, float, float, float] | None = None  # the entity's normalized box on the original image
 
 
 def _tag_span(text: str, group_start: int, tag: str) -> tuple[int, int]:
@@ -54,8 +55,16 @@ def answer_mask_targets(target: str, sample: PanopticSample, codec: BoxCodec) ->
         if box_iou(best.box, boxes[0]) < MATCH_IOU:
             continue
         start, end = _tag_span(target, group.start, best.tag)
-        out.append(MaskTarget(group.end, start, end, best.id, best.mask))
+        out.append(MaskTarget(group.end, start, end, best.id, best.mask, tuple(best.box)))
     return out
+
+
+def box_on_square(box, width: int, height: int) -> tuple[float, float, float, float]:
+    """A normalized box of a ``width x height`` image -> normalized on its centred padded square (as masks_to_square)."""
+    side = max(width, height)
+    left, top = (side - width) // 2, (side - height) // 2
+    x1, y1, x2, y2 = box
+    return ((x1 * width + left) / side, (y1 * height + top) / side, (x2 * width + left) / side, (y2 * height + top) / side)
 
 
 def dumps_targets(targets: Sequence[MaskTarget]) -> str:

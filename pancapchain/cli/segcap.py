@@ -13,9 +13,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("segcap", help="K diverse (caption, masks) pairs for a boxed entity")
-    parser.add_argument("--model", required=True, help="a checkpoint or export trained with segcap rows")
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--box", required=True, help="x1,y1,x2,y2 normalized on the original image")
+    add_box_task_args(parser, "segcap")
     parser.add_argument("-k", type=int, default=5, help="how many distinct pairs")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-p", type=float, default=0.95)
@@ -24,32 +22,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-rounds", type=int, default=4, help="sampling rounds of K answers at most")
     parser.add_argument("--near-duplicate", type=float, default=0.9, help="token-set Jaccard of a near duplicate")
     parser.add_argument("--out", default="", help="JSON file for the pairs and the settings")
-    parser.add_argument("--device", default="cpu")
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def add_box_task_args(parser: argparse.ArgumentParser, trained_with: str) -> None:
+    """--model/--image/--box/--device, shared by `segcap` and `region`."""
+    parser.add_argument("--model", required=True, help=f"a checkpoint or export trained with {trained_with} rows")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--box", required=True, help="x1,y1,x2,y2 normalized on the original image")
+    parser.add_argument("--device", default="cpu")
+
+
+def run_box_task(args: argparse.Namespace, call) -> tuple[tuple | None, int]:
+    """Parse --box, load the model, open --image, run ``call(chain, image, box)``: ((box, result), 0) or (None, 2)."""
     from PIL import Image
 
-    from pancapchain.data.io import atomic_write_json
     from pancapchain.data.prompts import PromptError
     from pancapchain.infer.chain import PancapChain
-    from pancapchain.infer.segcap import parse_box_arg, segcap
+    from pancapchain.infer.segcap import parse_box_arg
 
     try:
         box = parse_box_arg(args.box)
     except ValueError as err:
         print(f"error: {err}")
-        return 2
+        return None, 2
     chain = PancapChain.from_pretrained(args.model, device=args.device)
     try:
         with Image.open(args.image) as img:
-            pairs = segcap(chain, img, box, args.k, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                           max_new_tokens=args.max_new_tokens, max_rounds=args.max_rounds,
-                           near_duplicate=args.near_duplicate)
+            return (box, call(chain, img, box)), 0
     except (PromptError, ValueError) as err:
         print(f"error: {err}")
-        return 2
+        return None, 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pancapchain.data.io import atomic_write_json
+    from pancapchain.infer.segcap import segcap
+
+    done, code = run_box_task(args, lambda chain, img, box: segcap(
+        chain, img, box, args.k, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, max_rounds=args.max_rounds, near_duplicate=args.near_duplicate))
+    if done is None:
+        return code
+    box, pairs = done
     for i, pair in enumerate(pairs):
         print(f"[{i}] {pair['caption']}  ({len(pair['masks'])} masks)")
     if len(pairs) < args.k:

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="", help="a panoptic JSONL: ground each sample's caption")
     parser.add_argument("--image-root", default="", help="image root for --data (default: its directory)")
     parser.add_argument("--out", default="", help="JSON (one image) or JSONL (--data, appended, resumable)")
-    parser.add_argument("--candidates", default="", help="SAM candidate masks file for SMR refinement")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--candidates", default="", help="SAM candidate masks file for SMR refinement")
+    source.add_argument("--sam", default="", help="SAM checkpoint folder: automatic-mask candidates for SMR")
     parser.add_argument("--tau", type=float, default=0.5, help="SMR overlap threshold")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(func=_run)
@@ -37,20 +39,30 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     chain = PancapChain.from_pretrained(args.model, device=args.device)
     candidates = load_candidates(args.candidates) if args.candidates else None
+    auto = _sam_candidates(args.sam, args.device) if args.sam else None
     if args.data:
         if not args.out:
             print("error: --data needs --out")
             return 2
-        report = ground_dataset(chain, args.data, args.out, args.image_root or None, candidates, args.tau)
+        report = ground_dataset(chain, args.data, args.out, args.image_root or None, candidates, args.tau, auto)
         print(report.summary())
         return 0
     with Image.open(args.image) as img:
         image_id = args.image.rsplit("/", 1)[-1].rsplit(".", 1)[0]
         cands = candidate_masks(candidates[image_id], img.height, img.width, image_id) \
             if candidates and image_id in candidates else None
+        cands = auto(img) if auto else cands
         result = ground(chain, img, args.caption, image_id, cands, args.tau)
     for entity, entry in zip(result["entities"], result["masks"]):
         print(f"{entity['tag'] or '?'} {entity['box']}: mask score {entry['score']}")
     if args.out:
         atomic_write_json(args.out, result)
     return 0
+
+
+def _sam_candidates(sam_path: str, device: str):
+    """image -> SAM automatic candidate masks (the model is loaded once, here)."""
+    from pancapchain.mask.sam_tools import SamRunner, automatic_candidates
+
+    runner = SamRunner(sam_path, device=device)
+    return lambda image: automatic_candidates(runner, image)

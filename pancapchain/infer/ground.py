@@ -7,7 +7,7 @@ DiffPNG SMR refinement replaces each mask by the union of the candidate masks it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -54,9 +54,11 @@ def ground(
 
 def ground_dataset(
     chain: PancapChain, data: str | Path, out: str | Path, image_root: str | Path | None = None,
-    candidates: dict | None = None, tau: float = 0.5,
+    candidates: dict | None = None, tau: float = 0.5, auto_candidates: Callable[[Image.Image], list] | None = None,
 ) -> SkipReport:
-    """Ground every sample's own caption; appends results to ``out`` (resumable), scoreable by ``eval``."""
+    """Ground every sample's own caption; appends results to ``out`` (resumable), scoreable by ``eval``.
+
+    ``auto_candidates`` (image -> ``(H, W)`` bool masks, e.g. SAM automatic masks) replaces ``candidates``."""
     samples, report = load_samples(data)
     root = Path(image_root) if image_root else Path(data).parent
     out = Path(out)
@@ -67,6 +69,7 @@ def ground_dataset(
             with Image.open(resolve_image(root, sample.image, sample.id)) as img:
                 cands = candidate_masks(candidates[sample.id], img.height, img.width, sample.id) \
                     if candidates and sample.id in candidates else None
+                cands = auto_candidates(img) if auto_candidates else cands
                 result = ground(chain, img, sample.caption, sample.id, cands, tau)
         except (OSError, SampleError, ValueError) as err:
             report.skip(sample.id, f"{type(err).__name__}: {err}")

@@ -86,6 +86,17 @@ def tiny_overrides(train: Path, out: Path, **extra: str) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is faster than two on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A tiny model trained for a few steps on the hand-made dataset (shared by the inference tests)."""

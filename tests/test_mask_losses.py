@@ -16,13 +16,7 @@ from pancapchain.mask import (
     sigmoid_bce_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def softplus(x: float) -> float:

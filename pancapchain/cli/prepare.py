@@ -83,6 +83,14 @@ def run_sapancap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sam_dataset_args(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """--data/--sam/--out/--image-root, shared by the two SAM sub-commands."""
+    parser.add_argument("--data", type=Path, required=True, help="panoptic sample JSONL")
+    parser.add_argument("--sam", type=Path, required=True, help="local SAM checkpoint folder")
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--image-root", type=Path, help="image root (default: the directory of --data)")
+
+
 def _register_sam_masks(sources: argparse._SubParsersAction) -> None:
     parser = sources.add_parser(
         "sam-masks",
@@ -90,10 +98,7 @@ def _register_sam_masks(sources: argparse._SubParsersAction) -> None:
         description="Give every entity without a mask the SAM mask of its box (existing masks are kept "
         "unless --overwrite). Samples whose image is unreadable are written unchanged and reported.",
     )
-    parser.add_argument("--data", type=Path, required=True, help="panoptic sample JSONL")
-    parser.add_argument("--sam", type=Path, required=True, help="local SAM checkpoint folder")
-    parser.add_argument("--out", type=Path, required=True, help="output JSONL (report: OUT.report.json)")
-    parser.add_argument("--image-root", type=Path, help="image root (default: the directory of --data)")
+    _add_sam_dataset_args(parser, "output JSONL (report: OUT.report.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing masks too")
     parser.set_defaults(func=run_sam_masks)
 
@@ -105,10 +110,7 @@ def _register_sam_candidates(sources: argparse._SubParsersAction) -> None:
         description="Run SAM on a grid of point prompts over every sample's image and write the kept "
         "masks as a candidate file (pancapchain-sam-candidates/1). Unreadable images are reported.",
     )
-    parser.add_argument("--data", type=Path, required=True, help="panoptic sample JSONL")
-    parser.add_argument("--sam", type=Path, required=True, help="local SAM checkpoint folder")
-    parser.add_argument("--out", type=Path, required=True, help="candidate JSON (report: OUT.report.json)")
-    parser.add_argument("--image-root", type=Path, help="image root (default: the directory of --data)")
+    _add_sam_dataset_args(parser, "candidate JSON (report: OUT.report.json)")
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--pred-iou-thresh", type=float, default=0.5)
     parser.add_argument("--max-masks", type=int, default=64)

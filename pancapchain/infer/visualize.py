@@ -12,17 +12,11 @@ from tqdm import tqdm
 
 from pancapchain.data.io import SkipReport, atomic_write_text, iter_jsonl
 from pancapchain.data.schema import SampleError, resolve_image
+from pancapchain.mask.rle import decode_rle
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 MIN_SIDE = 384  # small (synthetic) images are upscaled so tags stay readable
-
-
-def _decode_mask(rle: dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    rle = {"size": rle["size"], "counts": rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]}
-    return mask_utils.decode(rle).astype(bool)
 
 
 def draw_prediction(image: Image.Image, pred: dict) -> Image.Image:
@@ -34,7 +28,7 @@ def draw_prediction(image: Image.Image, pred: dict) -> Image.Image:
     boxes = [tuple(e["box"]) for e in pred.get("entities", [])]
     for k, entry in enumerate(pred.get("masks", [])):
         i = boxes.index(tuple(entry["box"])) if tuple(entry.get("box", ())) in boxes else k
-        mask = np.asarray(Image.fromarray(_decode_mask(entry["rle"])).resize((w, h), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(decode_rle(entry["rle"], str(pred.get("id", "?")))).resize((w, h), Image.NEAREST))
         overlay[mask] = 0.55 * overlay[mask] + 0.45 * np.array(PALETTE[i % len(PALETTE)])
     canvas = Image.fromarray(overlay.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)

@@ -15,6 +15,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from pancapchain.constants import STAGES
 from pancapchain.model.chat import expand_image_tokens, render_prompt
+from pancapchain.model.outputs import per_image_features
 
 # Per-stage generation budgets: boxes-only and tagged lists are short; captions are long.
 DEFAULT_MAX_NEW_TOKENS = {"localize": 512, "label": 768, "discover": 512, "caption": 1024}
@@ -65,7 +66,8 @@ class Generator:
         """Image features for ``images``: ``pooler_output`` is a list of (N_image_tokens, D) tensors."""
         pixels = self.processor.image_processor([img.convert("RGB") for img in images], return_tensors="pt")
         pixel_values = pixels["pixel_values"].to(self.device, dtype=self.model.dtype)
-        return self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        out = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        return BaseModelOutputWithPooling(pooler_output=per_image_features(out.pooler_output, len(images)))
 
     @staticmethod
     def select(features: BaseModelOutputWithPooling, indices: Sequence[int]) -> BaseModelOutputWithPooling:

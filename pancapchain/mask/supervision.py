@@ -24,6 +24,7 @@ from pancapchain.mask.head import MaskHead
 from pancapchain.mask.losses import dice_loss, mecl_loss, pool_mask_embeddings, sigmoid_bce_loss
 from pancapchain.mask.rle import decode_rle, masks_to_square
 from pancapchain.mask.targets import box_on_square, loads_targets, token_positions
+from pancapchain.model.outputs import image_features_of
 
 
 def find_module(model: torch.nn.Module, kind: type) -> torch.nn.Module | None:
@@ -91,7 +92,7 @@ class MaskLoss:
             return {}
         states, positions = self._states, batch["mask_positions"]
         n_rows = states.shape[0]
-        image = outputs.image_hidden_states.reshape(n_rows, -1, outputs.image_hidden_states.shape[-1])
+        image = image_features_of(outputs, n_rows)
         per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]
         boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(n_rows)] if "mask_boxes" in batch else None
         feats, logits = self.head.forward_features(image, per_row, boxes)

@@ -105,3 +105,19 @@ def test_raster_order_lists_items_top_band_first_then_left_to_right():
     assert ex["caption"].target == caption_order["caption"].target  # the caption is never reordered
     with pytest.raises(ValueError, match="item_order"):
         build_stage_examples(SAMPLE, PROMPTS, BINS, item_order="random")
+
+
+def test_sincos_vision_positions_and_loc_tokens_in_the_tiny_base():
+    import torch
+
+    from pancapchain.model.tiny import TinyModelConfig, build_tiny_model, build_tokenizer, sincos_2d
+
+    tok = build_tokenizer(["a cat <box><loc_1><loc_2><loc_3><loc_4></box>"], 300, loc_tokens=True)
+    assert all(tok.convert_tokens_to_ids(t) != tok.unk_token_id for t in LOC_TOKENS)
+    cfg = TinyModelConfig(hidden_size=32, intermediate_size=64, vision_hidden_size=16, image_size=32, patch_size=8,
+                          vision_position_init="sincos")
+    model = build_tiny_model(tok, cfg)
+    [weight] = [p for n, p in model.named_parameters() if n.endswith("position_embedding.weight")]
+    table = sincos_2d(4, 16)
+    assert torch.equal(weight.detach(), table) and torch.equal(table[0], torch.zeros(16))
+    assert not torch.equal(table[1], table[2]) and not torch.equal(table[1], table[5])  # column and row differ

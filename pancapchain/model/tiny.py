@@ -163,7 +163,8 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig) -
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config)
     if cfg.vision_position_init == "sincos":
-        embeddings = model.model.vision_tower.vision_model.embeddings.position_embedding
+        tower = model.model.vision_tower
+        embeddings = getattr(tower, "vision_model", tower).embeddings.position_embedding  # layout differs by release
         with torch.no_grad():
             embeddings.weight.copy_(sincos_2d(cfg.image_size // cfg.patch_size, cfg.vision_hidden_size))
     elif cfg.vision_position_init != "random":

@@ -33,6 +33,9 @@ class ModelSection:
     quantization: str = "none"  # "4bit": QLoRA (language model linear layers only)
     freeze_vision_tower: bool = True
     train_projector: bool = True
+    # Full fine-tuning of the language model (embeddings and head included) instead of LoRA: the tiny recipes'
+    # choice, since a randomly initialised base cannot learn the task through low-rank updates.
+    train_language_model: bool = False
     gradient_checkpointing: bool = False
 
 
@@ -60,6 +63,9 @@ class DataSection:
     # Keys: the four chain stages (default 1) and the extra box tasks segcap/region (default 0, see TASKS).
     stages: dict[str, float] = field(default_factory=lambda: {t: float(t in STAGES) for t in TASKS})
     discover_ratio: list[float] = field(default_factory=lambda: [0.3, 0.7])
+    # Order of the items in stage 1-3 answers: caption (entity order, the paper's data) or raster (reading
+    # order: top band, then left to right), which a small model learns much faster.
+    item_order: str = "caption"
     max_length: int = 2048
     strict: bool = False  # fail on the first bad record instead of skipping and reporting it
     max_val_samples: int = 0  # 0 = all
@@ -70,6 +76,9 @@ class TrainSection:
     output_dir: str = "runs/tiny"
     epochs: float = 1.0
     max_steps: int = -1
+    # Wall-clock budget in seconds of optimizer steps (0 = off): training stops when it is spent and the LR
+    # schedule (warmup, then cosine/linear decay) runs on elapsed time; epochs then only bound the data passes.
+    max_seconds: float = 0.0
     per_device_batch_size: int = 4
     eval_batch_size: int = 8
     grad_accum: int = 1
@@ -159,10 +168,20 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append("lora.r and lora.alpha must be positive")
     if not 0.0 <= lo.dropout < 1.0:
         problems.append("lora.dropout must be in [0, 1)")
-    if not lo.enabled and not m.train_projector and m.freeze_vision_tower:
+    if lo.enabled and m.train_language_model:
+        problems.append("model.train_language_model=true (full fine-tuning) contradicts lora.enabled=true; "
+                        "set one of them to false")
+    if not lo.enabled and not m.train_projector and m.freeze_vision_tower and not m.train_language_model:
         problems.append("nothing to train: enable lora, model.train_projector or unfreeze the vision tower")
     if d.box_format not in BOX_FORMATS:
         problems.append(f"data.box_format must be one of {BOX_FORMATS}")
+    if m.tiny.vision_position_init not in ("random", "sincos"):
+        problems.append(f"model.tiny.vision_position_init must be random or sincos, not {m.tiny.vision_position_init!r}")
+    if d.item_order not in ("caption", "raster"):
+        problems.append(f"data.item_order must be caption or raster, not {d.item_order!r}")
+    if d.box_format == "bins" and m.base != "tiny":
+        problems.append("data.box_format=bins adds <loc_i> tokens that only the tiny base's tokenizer has; "
+                        "use asmv2 (the paper's format) for a pretrained base")
     unknown = sorted(set(d.stages) - set(TASKS))
     if unknown:
         problems.append(f"data.stages has unknown stages {unknown}; known: {list(TASKS)}")
@@ -176,6 +195,10 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append("data.max_length must be positive")
     if t.per_device_batch_size <= 0 or t.grad_accum <= 0:
         problems.append("train.per_device_batch_size and train.grad_accum must be positive")
+    if t.max_seconds < 0:
+        problems.append("train.max_seconds must be >= 0 (0 = no wall-clock budget)")
+    if t.max_seconds > 0 and t.scheduler not in ("cosine", "linear", "constant"):
+        problems.append(f"train.max_seconds needs train.scheduler cosine, linear or constant, not {t.scheduler!r}")
     if t.max_steps <= 0 and t.epochs <= 0:
         problems.append("set train.epochs > 0 or train.max_steps > 0")
     if t.nonfinite_loss not in ("stop", "skip"):

@@ -11,15 +11,25 @@ STAGES = ("localize", "label", "discover", "caption")
 # Box-prompted tasks trained by the same model next to the chain (see pancapchain.data.box_tasks):
 # SGDiff SegCaptioning (box -> sentences about the boxed entity and its related entities, boxes inline)
 # and SCA region captioning (box -> a short phrase).
-EXTRA_TASKS = ("segcap", "region")
+BOX_TASKS = ("segcap", "region")
+
+# Direct panoptic captioning, the paper's baseline: one prompt, image -> grounded caption (no chain).
+DIRECT = "direct"
+
+EXTRA_TASKS = BOX_TASKS + (DIRECT,)
 
 # Every prompt-defined task a recipe can train (data.stages keys); stage_ids of a batch index this tuple.
 TASKS = STAGES + EXTRA_TASKS
 
 # Box formats a recipe may choose (see pancapchain.data.boxes).
-BOX_FORMATS = ("asmv2", "normalized")
+BOX_FORMATS = ("asmv2", "normalized", "bins")
 
 # Integer grid of the ASMv2/PancapChain model box format: coordinates in [0, BOX_GRID].
 BOX_GRID = 1000
+
+# The ``bins`` box format (tiny recipes): one token <loc_i> per coordinate, i in [0, LOC_BINS] on the padded
+# square, so a box is 6 tokens instead of ~20 digit and punctuation tokens.
+LOC_BINS = 32
+LOC_TOKENS = tuple(f"<loc_{i}>" for i in range(LOC_BINS + 1))
 
 DISCOVER_NONE = "None"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic default, on a laptop CPU:
-#   set up .venv -> generate scenes -> train the tiny mask recipe (eval loss at start and end)
-#   -> run the four-stage chain on the validation images -> score it (PancapScore) -> draw pictures.
-# Extra arguments are recipe overrides, e.g. ./scripts/demo.sh train.epochs=1
+#   set up .venv -> generate scenes -> train the tiny chain recipe with its mask head (wall-clock budget)
+#   -> run the four-stage chain on held-out scenes -> score it (PancapScore + masks) -> draw pictures.
+# Extra arguments are recipe overrides, e.g. ./scripts/demo.sh train.max_seconds=120
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,12 +11,14 @@ PY=.venv/bin/python
 DATA=${DEMO_DATA:-data/synth}
 RUN=${DEMO_RUN:-runs/demo}
 
-echo "== 1/5 synthetic scenes -> $DATA"
-$PY -m pancapchain synth --out "$DATA" --n-train "${DEMO_N_TRAIN:-800}" --n-val "${DEMO_N_VAL:-48}" --seed 0 --size 64
+echo "== 1/5 synthetic scenes -> $DATA (train: seed 0; held-out val: seed 1)"
+$PY -m pancapchain synth --out "$DATA/train" --n-train "${DEMO_N_TRAIN:-4000}" --n-val 0 --seed 0 --size 64 --no-progress
+$PY -m pancapchain synth --out "$DATA/val" --n-train 0 --n-val "${DEMO_N_VAL:-200}" --seed 1 --size 64 --no-progress
+head -n 48 "$DATA/val/val.jsonl" > "$DATA/val/val_loss.jsonl"
 
-echo "== 2/5 train the tiny recipe with the mask head -> $RUN"
-$PY train.py --recipe "${DEMO_RECIPE:-recipes/tiny_mask.yaml}" \
-  data.train="$DATA/train.jsonl" data.val="$DATA/val.jsonl" train.output_dir="$RUN" train.resume=never "$@"
+echo "== 2/5 train the tiny chain recipe (with mask head) -> $RUN"
+$PY train.py --recipe "${DEMO_RECIPE:-recipes/tiny_chain.yaml}" data.train="$DATA/train/train.jsonl" \
+  data.val="$DATA/val/val_loss.jsonl" train.output_dir="$RUN" train.resume=never "$@"
 $PY - "$RUN" <<'PYEOF'
 import json, sys
 m = json.load(open(f"{sys.argv[1]}/metrics.json"))
@@ -25,12 +27,15 @@ print(f"eval loss: start {start:.4f} -> end {end:.4f} (drop {100 * (1 - end / st
       f"training {m['train_wall_seconds']:.0f} s")
 PYEOF
 
-echo "== 3/5 four-stage chain on the validation images -> $RUN/preds.jsonl"
+echo "== 3/5 four-stage chain on the held-out scenes -> $RUN/preds.jsonl"
 rm -f "$RUN/preds.jsonl"
-$PY -m pancapchain infer --model "$RUN" --data "$DATA/val.jsonl" --out "$RUN/preds.jsonl" --batch-size 16
+$PY -m pancapchain infer --model "$RUN" --data "$DATA/val/val.jsonl" --out "$RUN/preds.jsonl" --batch-size 16
 
 echo "== 4/5 PancapScore and mask metrics -> $RUN/eval"
-$PY -m pancapchain eval --pred "$RUN/preds.jsonl" --gt "$DATA/val.jsonl" --out "$RUN/eval"
+$PY -m pancapchain eval --pred "$RUN/preds.jsonl" --gt "$DATA/val/val.jsonl" --out "$RUN/eval" --no-caption-metrics
 
 echo "== 5/5 pictures -> $RUN/pictures/index.html"
-$PY -m pancapchain visualize --pred "$RUN/preds.jsonl" --images "$DATA" --out "$RUN/pictures"
+$PY -m pancapchain visualize --pred "$RUN/preds.jsonl" --images "$DATA/val" --out "$RUN/pictures"
+
+echo "== the (a) row of benchmarks/learning_quality.py for this run:"
+$PY benchmarks/learning_quality.py --row "$RUN" "$RUN/preds.jsonl" "$RUN/eval"

@@ -56,7 +56,7 @@ BOXES = {0: CIRCLE, 1: SQUARE, 2: TRIANGLE, 3: SKY}
 
 
 def test_tasks_constant_extends_the_chain_stages():
-    assert TASKS == STAGES + EXTRA_TASKS == ("localize", "label", "discover", "caption", "segcap", "region")
+    assert TASKS == STAGES + EXTRA_TASKS == ("localize", "label", "discover", "caption", "segcap", "region", "direct")
 
 
 def test_segcap_target_per_central_entity_exact():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pancapchain.constants import STAGES
+from pancapchain.constants import DIRECT, STAGES
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -16,14 +16,18 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stop-after", choices=STAGES, default=None, help="stop the chain after this stage")
+    parser.add_argument("--no-repeat-stop", action="store_true",
+                        help="let a looping answer run to max tokens (default: end it at the first repeated item)")
     parser.add_argument("--device", default="cpu")
 
 
 def generation_options(args: argparse.Namespace):
     from pancapchain.infer.generation import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 
-    budget = {s: args.max_new_tokens for s in STAGES} if args.max_new_tokens > 0 else dict(DEFAULT_MAX_NEW_TOKENS)
-    return GenerationOptions(budget, args.sample, args.temperature, args.top_p, args.seed, args.stop_after)
+    budget = ({s: args.max_new_tokens for s in (*STAGES, DIRECT)} if args.max_new_tokens > 0
+              else dict(DEFAULT_MAX_NEW_TOKENS))
+    return GenerationOptions(budget, args.sample, args.temperature, args.top_p, args.seed, args.stop_after,
+                             stop_on_repeat=not getattr(args, "no_repeat_stop", False))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="predictions JSONL (appended; reruns resume)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, default=0, help="only the first N images")
+    plan = parser.add_mutually_exclusive_group()
+    plan.add_argument("--direct", dest="plan", action="store_const", const="direct",
+                      help="direct captioning (the paper's baseline): one prompt, image -> grounded caption; "
+                           "the model must have been trained with data.stages.direct > 0")
+    plan.add_argument("--skip-discover", dest="plan", action="store_const", const="no-discover",
+                      help="the chain without stage 3 (localize -> label -> caption)")
+    parser.set_defaults(plan="chain")
     add_generation_args(parser)
     parser.set_defaults(func=_run)
 
@@ -44,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
 
     chain = PancapChain.from_pretrained(args.model, device=args.device)
     summary = run_inference(chain, args.data, args.out, args.batch_size, generation_options(args),
-                            args.image_root or None, args.limit)
+                            args.image_root or None, args.limit, plan=args.plan)
     print(f"images: {summary['images_total']} (already done {summary['already_done']}, "
           f"written {summary['written']}, skipped {len(summary['skipped'])})")
     print("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds_per_stage"].items()))

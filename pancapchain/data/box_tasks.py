@@ -38,7 +38,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from pancapchain.constants import EXTRA_TASKS
+from pancapchain.constants import BOX_TASKS
 from pancapchain.data.boxes import BoxCodec, box_iou, find_box_groups
 from pancapchain.data.caption_parser import Mention, parse_caption
 from pancapchain.data.prompts import PromptSet
@@ -172,13 +172,13 @@ def build_region(sample: PanopticSample, prompts: PromptSet, codec: BoxCodec, se
     return prompts.render("region", box=box), phrases[chosen]
 
 
-BUILDERS = {"segcap": build_segcap, "region": build_region}  # keys: EXTRA_TASKS
+BUILDERS = {"segcap": build_segcap, "region": build_region}  # keys: BOX_TASKS
 
 
 def build_box_task(
     task: str, sample: PanopticSample, prompts: PromptSet, codec: BoxCodec, seed: int = 0
 ) -> tuple[str, str]:
-    """(prompt, target) of one extra task (``EXTRA_TASKS``); NoTaskExample when the sample has none."""
+    """(prompt, target) of one extra task (``BOX_TASKS``); NoTaskExample when the sample has none."""
     if task not in BUILDERS:
-        raise ValueError(f"unknown box task {task!r}; box tasks are {EXTRA_TASKS}")
+        raise ValueError(f"unknown box task {task!r}; box tasks are {BOX_TASKS}")
     return BUILDERS[task](sample, prompts, codec, seed)

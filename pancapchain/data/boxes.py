@@ -1,12 +1,15 @@
 """Box formats: normalized floats (the data contract) <-> text the model reads and writes.
 
-Two text formats (a recipe option, ``data.box_format``):
+Three text formats (a recipe option, ``data.box_format``):
 
 * ``asmv2`` (the paper's): ``<box>[[x1, y1, x2, y2]]</box>`` with integers in ``[0, 1000]`` relative to
   the image padded to a centered square (LLaVA "pad" mode), so an ASMv2 base is fine-tuned as in the paper.
 * ``normalized``: ``[[x1, y1, x2, y2]]`` with 3 decimals relative to the original image (SA-Pancap style).
+* ``bins`` (tiny recipes): ``<box><loc_3><loc_5><loc_20><loc_28></box>``, one token per coordinate, an integer in
+  ``[0, LOC_BINS]`` on the same padded square (Pix2Seq / Kosmos-2 style location tokens): a tiny model from
+  scratch learns one classification per coordinate far more easily than 3-4 digit tokens and separators.
 
-Several boxes for one mention share one bracket group: ``[[a, b, c, d], [e, f, g, h]]``.
+Several boxes for one mention share one bracket group: ``[[a, b, c, d], [e, f, g, h]]`` (in ``bins``: 8 tokens).
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pancapchain.constants import BOX_CLOSE, BOX_FORMATS, BOX_GRID, BOX_OPEN
+from pancapchain.constants import BOX_CLOSE, BOX_FORMATS, BOX_GRID, BOX_OPEN, LOC_BINS
 from pancapchain.data.schema import Box
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _QUAD = rf"{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}"
+_LOC_QUAD = r"(?:<loc_\d+>){4}"
 BOX_GROUP_RE = re.compile(
     rf"(?P<open><box>\s*)?\[\[\s*(?P<body>{_QUAD}(?:\s*\]\s*,\s*\[\s*{_QUAD})*)\s*\]\](?P<close>\s*</box>)?"
+    rf"|<box>(?P<locs>(?:{_LOC_QUAD})+)</box>"
 )
 _NUM_RE = re.compile(_NUM)
+_LOC_RE = re.compile(r"<loc_(\d+)>")
 
 
 @dataclass(frozen=True)
@@ -33,20 +39,24 @@ class BoxGroup:
     end: int
     values: tuple[tuple[float, float, float, float], ...]
     tagged: bool
+    binned: bool = False  # <loc_i> tokens: values are bin indices in [0, LOC_BINS]
 
     @property
     def is_integer_grid(self) -> bool:
         """True when the numbers are model-grid integers (tagged, or any value > 1)."""
-        return self.tagged or any(v > 1.0 for quad in self.values for v in quad)
+        return not self.binned and (self.tagged or any(v > 1.0 for quad in self.values for v in quad))
 
 
 def find_box_groups(text: str) -> list[BoxGroup]:
     """All bracket groups ``[[..]]`` / ``<box>[[..]]</box>`` in ``text``, in order."""
     groups = []
     for m in BOX_GROUP_RE.finditer(text):
-        nums = [float(n) for n in _NUM_RE.findall(m.group("body"))]
+        binned = m.group("locs") is not None
+        found = _LOC_RE.findall(m.group("locs")) if binned else _NUM_RE.findall(m.group("body"))
+        nums = [float(n) for n in found]
         quads = tuple(tuple(nums[i : i + 4]) for i in range(0, len(nums), 4))
-        groups.append(BoxGroup(m.start(), m.end(), quads, m.group("open") is not None))  # type: ignore[arg-type]
+        tagged = binned or m.group("open") is not None
+        groups.append(BoxGroup(m.start(), m.end(), quads, tagged, binned))  # type: ignore[arg-type]
     return groups
 
 
@@ -55,8 +65,8 @@ def _square_geometry(width: int, height: int) -> tuple[float, float, float]:
     return side, (side - width) / 2.0, (side - height) / 2.0
 
 
-def norm_to_grid(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
-    """Normalized xyxy (original image) -> integers in [0, 1000] on the centered padded square."""
+def norm_to_grid(box: Box, width: int, height: int, grid: int = BOX_GRID) -> tuple[int, int, int, int]:
+    """Normalized xyxy (original image) -> integers in [0, grid] on the centered padded square."""
     side, padx, pady = _square_geometry(width, height)
     x1, y1, x2, y2 = box
     vals = (
@@ -65,13 +75,13 @@ def norm_to_grid(box: Box, width: int, height: int) -> tuple[int, int, int, int]
         (x2 * width + padx) / side,
         (y2 * height + pady) / side,
     )
-    return tuple(min(BOX_GRID, max(0, round(v * BOX_GRID))) for v in vals)  # type: ignore[return-value]
+    return tuple(min(grid, max(0, round(v * grid))) for v in vals)  # type: ignore[return-value]
 
 
-def grid_to_norm(grid: tuple[float, ...], width: int, height: int) -> Box:
-    """Integers in [0, 1000] on the padded square -> normalized xyxy on the original image, clipped to [0, 1]."""
+def grid_to_norm(values: tuple[float, ...], width: int, height: int, grid: int = BOX_GRID) -> Box:
+    """Integers in [0, grid] on the padded square -> normalized xyxy on the original image, clipped to [0, 1]."""
     side, padx, pady = _square_geometry(width, height)
-    x1, y1, x2, y2 = (v / BOX_GRID * side for v in grid)
+    x1, y1, x2, y2 = (v / grid * side for v in values)
 
     def clip(v: float) -> float:
         return min(1.0, max(0.0, v))
@@ -83,6 +93,11 @@ def format_normalized(boxes: list[Box] | tuple[Box, ...]) -> str:
     """``[[0.100, 0.200, 0.400, 0.600]]`` (several boxes: ``[[..], [..]]``)."""
     inner = "], [".join(", ".join(f"{v:.3f}" for v in b) for b in boxes)
     return f"[[{inner}]]"
+
+
+def format_bins(bins: list[tuple[int, ...]] | tuple[tuple[int, ...], ...]) -> str:
+    """``<box><loc_3><loc_5><loc_20><loc_28></box>`` (several boxes: 4 tokens each inside one pair)."""
+    return BOX_OPEN + "".join(f"<loc_{int(v)}>" for b in bins for v in b) + BOX_CLOSE
 
 
 def format_grid(grids: list[tuple[int, ...]] | tuple[tuple[int, ...], ...]) -> str:
@@ -103,10 +118,14 @@ class BoxCodec:
         """Normalized boxes (one mention) -> text in this format."""
         if self.box_format == "asmv2":
             return format_grid([norm_to_grid(b, width, height) for b in boxes])
+        if self.box_format == "bins":
+            return format_bins([norm_to_grid(b, width, height, LOC_BINS) for b in boxes])
         return format_normalized(boxes)
 
     def decode_group(self, group: BoxGroup, width: int, height: int) -> list[Box]:
         """A found bracket group -> normalized boxes (the group's own format decides, not the codec's)."""
+        if group.binned:
+            return [grid_to_norm(q, width, height, LOC_BINS) for q in group.values]
         if group.is_integer_grid:
             return [grid_to_norm(q, width, height) for q in group.values]
         return [tuple(min(1.0, max(0.0, v)) for v in q) for q in group.values]  # type: ignore[misc]

@@ -9,6 +9,7 @@ Layout of one version directory (``prompts/v1/`` holds the paper's wording)::
     caption.yaml   ... template has the placeholder {entities}  (stage-2 + stage-3 answers merged)
     segcap.yaml    optional: template has the placeholder {box}  (SGDiff SegCaptioning, a central entity's box)
     region.yaml    optional: template has the placeholder {box}  (SCA region captioning)
+    direct.yaml    optional: no placeholder (direct captioning, the paper's baseline: image -> caption)
 
 The four chain stages are required; an extra task (``EXTRA_TASKS``) is loaded when its file exists, so a
 version without it simply cannot train or run that task (:meth:`PromptSet.require` says so by name).
@@ -37,6 +38,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "caption": ("entities",),
     "segcap": ("box",),
     "region": ("box",),
+    "direct": (),
 }
 _STAGE_KEYS = ("version", "stage", "template", "output")
 _META_KEYS = ("version", "description", "system")

@@ -33,7 +33,7 @@ _TAG_STOPS = _TAG_DELIMITERS + "\r\n"
 _SEPARATORS = " \t\r\n,;"
 _NONE_RE = re.compile(rf"\s*{DISCOVER_NONE}[\s.,;:!]*", re.IGNORECASE)
 # Box debris outside any complete group in a caption (a group cut off by truncation, a stray tag).
-_DEBRIS_RE = re.compile(r"(?:<box>\s*)?\[\[[\d\s.,\[\]-]*|<box>|</box>")
+_DEBRIS_RE = re.compile(r"(?:<box>\s*)?\[\[[\d\s.,\[\]-]*|<box>(?:<loc_\d+>)*|</box>|<loc_\d+>")
 
 
 def clean_tag(tag: str) -> str:

@@ -20,7 +20,10 @@ Repeats: an item whose text (cleaned tag + box in the codec's format) repeats an
 out of the item lists, and a repeated box out of the stage-1 list, exactly as the parser drops exact
 repeats, so every target parses back to the items it was built from (the caption is left as written).
 
-Extra tasks (``EXTRA_TASKS``: ``segcap``, ``region``) are built by :mod:`pancapchain.data.box_tasks` when
+Direct captioning (``direct``, the paper's baseline): prompt = the direct template, target = the caption with its
+boxes in the codec's format (the stage-4 target without the item list in the prompt).
+
+Box tasks (``BOX_TASKS``: ``segcap``, ``region``) are built by :mod:`pancapchain.data.box_tasks` when
 ``stages`` asks for them; a sample with nothing to teach for one is left out of that task, and the reason
 is appended to ``skipped`` when the caller passes a list (the dataset counts it).
 
@@ -38,7 +41,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pancapchain.constants import EXTRA_TASKS, STAGES, TASKS
+from pancapchain.constants import BOX_TASKS, DIRECT, STAGES, TASKS
 from pancapchain.data.box_tasks import NoTaskExample, build_box_task
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptSet
@@ -93,6 +96,23 @@ def entity_items(sample: PanopticSample) -> list[StageItem]:
     return items
 
 
+ITEM_ORDERS = ("caption", "raster")
+RASTER_ROWS = 8  # row bands of the raster order
+
+
+def raster_order(items: Sequence[StageItem]) -> list[StageItem]:
+    """Items in reading order: by the band of their top edge (RASTER_ROWS bands), then left edge, then top.
+
+    The caption's order depends on how the narrative was written; a model that must list entities before it
+    has described them learns a canonical order far more easily (stable sort: ties keep caption order).
+    """
+    def key(item: StageItem) -> tuple[int, float, float]:
+        x1, y1 = item.boxes[0][0], item.boxes[0][1]
+        return (min(int(y1 * RASTER_ROWS), RASTER_ROWS - 1), x1, y1)
+
+    return sorted(items, key=key)
+
+
 def discover_split(sample_id: str, n: int, ratio: tuple[float, float], seed: int) -> list[bool]:
     """Per entity, True if it is *missing* in the stage-3 example (deterministic in (seed, sample_id))."""
     digest = hashlib.sha256(f"{seed}\x00{sample_id}".encode()).digest()
@@ -111,8 +131,13 @@ def build_stage_examples(
     discover_ratio: tuple[float, float] = (0.3, 0.7),
     seed: int = 0,
     skipped: list[tuple[str, str]] | None = None,
+    *,
+    item_order: str = "caption",
 ) -> list[StageExample]:
     """The sample's examples of the tasks in ``stages`` (any of TASKS), in that order (skips: module docstring).
+
+    ``item_order``: the order of the items in stage 1-3 answers and item-list prompts: "caption" (entity =
+    caption order, the default) or "raster" (:func:`raster_order`, a canonical reading order).
 
     ``skipped`` (optional) receives (task, reason) for every requested extra task the sample cannot teach.
     Raises ValueError for an unknown task or a bad ratio, SampleError for an entity with an empty tag.
@@ -123,10 +148,14 @@ def build_stage_examples(
     lo, hi = discover_ratio
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"discover_ratio must satisfy 0 <= low <= high <= 1, got {discover_ratio}")
+    if item_order not in ITEM_ORDERS:
+        raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
     items = _unique(entity_items(sample), codec, sample.width, sample.height)
+    if item_order == "raster":
+        items = raster_order(items)
     out = []
     for stage in stages:
-        if stage in EXTRA_TASKS:
+        if stage in BOX_TASKS:
             try:
                 pair: tuple[str, str] | None = build_box_task(stage, sample, prompts, codec, seed)
             except NoTaskExample as why:
@@ -155,11 +184,12 @@ def _build_pair(
     def text(some: Sequence[StageItem]) -> str:
         return format_items(some, codec, w, h)
 
-    if stage == "caption":
+    if stage in ("caption", DIRECT):
         caption = sample.caption.strip()
         if not caption:
             return None
-        return prompts.render(stage, entities=text(items)), codec.convert_text(caption, w, h)
+        prompt = prompts.render(stage) if stage == DIRECT else prompts.render(stage, entities=text(items))
+        return prompt, codec.convert_text(caption, w, h)
     if not items:
         return None
     if stage == "localize":

@@ -99,8 +99,12 @@ def run_inference(
     options: GenerationOptions | None = None,
     image_root: str | Path | None = None,
     limit: int = 0,
+    plan: str = "chain",
 ) -> dict:
-    """Chain every image of ``data`` into ``out`` (JSONL); returns a summary also written to ``<out>.summary.json``."""
+    """Chain every image of ``data`` into ``out`` (JSONL); returns a summary also written to ``<out>.summary.json``.
+
+    ``plan``: which stages run (``pancapchain.infer.chain.PLANS``: chain, no-discover, direct).
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = SkipReport(what="images")
@@ -117,7 +121,7 @@ def run_inference(
             states = [s for s in (_open(it, report) for it in batch) if s is not None]
             if states:
                 for item, result in zip([it for it in batch if it.id in {s.id for s in states}],
-                                        chain.run(states, options, timings=timings)):
+                                        chain.run(states, options, timings=timings, plan=plan)):
                     result["image"] = item.image
                     append_line(out, result)
                     written += 1

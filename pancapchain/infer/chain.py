@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from pancapchain.constants import STAGES
+from pancapchain.constants import DIRECT, STAGES
 from pancapchain.data.boxes import BoxCodec, box_iou
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prompts import PromptSet, load_prompts
@@ -26,6 +26,19 @@ from pancapchain.data.stages import StageItem, format_items, merge_discovered, p
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
 from pancapchain.mask.head import load_mask_head
+
+# What ``run`` generates, in order. "direct" is the paper's baseline (one prompt, image -> caption); its answer
+# is stored in the caption slot, so results, masks and evaluation read it like a chain's caption.
+PLANS: dict[str, tuple[str, ...]] = {
+    "chain": STAGES,
+    "no-discover": ("localize", "label", "caption"),
+    "direct": (DIRECT,),
+}
+
+
+def output_slot(task: str) -> str:
+    """The ChainState.outputs key a task's answer is stored under."""
+    return "caption" if task == DIRECT else task
 
 
 @dataclass
@@ -40,6 +53,7 @@ class StageOutput:
     duplicates: int = 0
     truncated: bool = False
     edited: bool = False
+    repeat_stopped: bool = False  # generation ended on a loop (pancapchain.infer.repeats), not at max tokens
 
     def to_dict(self) -> dict:
         return {
@@ -50,6 +64,7 @@ class StageOutput:
             "duplicates": self.duplicates,
             "truncated": self.truncated,
             "edited": self.edited,
+            "repeat_stopped": self.repeat_stopped,
         }
 
 
@@ -110,7 +125,7 @@ class PancapChain:
     def stage_prompt(self, stage: str, state: ChainState) -> str:
         """The stage's user prompt, filled from the earlier stages' parsed items."""
         w, h = state.width, state.height
-        if stage == "localize":
+        if stage in ("localize", DIRECT):
             return self.prompts.render(stage)
         if stage == "label":
             boxes = [StageItem(None, it.boxes) for it in state.items("localize")]
@@ -122,9 +137,10 @@ class PancapChain:
     def set_output(self, state: ChainState, stage: str, raw: str, prompt: str = "", truncated: bool = False,
                    edited: bool = False) -> StageOutput:
         """Parse ``raw`` as the output of ``stage`` and store it (generated text or user-given text)."""
-        parsed = parse_stage_output(stage, raw, self.codec, state.width, state.height)
-        out = StageOutput(stage, prompt, raw, parsed.items, parsed.malformed, parsed.duplicates, truncated, edited)
-        state.outputs[stage] = out
+        slot = output_slot(stage)
+        parsed = parse_stage_output(slot, raw, self.codec, state.width, state.height)
+        out = StageOutput(slot, prompt, raw, parsed.items, parsed.malformed, parsed.duplicates, truncated, edited)
+        state.outputs[slot] = out
         return out
 
     def set_items(self, state: ChainState, stage: str, items: Sequence[StageItem]) -> StageOutput:
@@ -137,12 +153,14 @@ class PancapChain:
     def run_stage(self, stage: str, states: Sequence[ChainState], features, options: GenerationOptions) -> None:
         """Generate ``stage`` for every state in one batch (``features`` from ``encode`` for these states)."""
         prompts = [self.stage_prompt(stage, s) for s in states]
+        guard = None if not options.stop_on_repeat else ("text" if output_slot(stage) == "caption" else "items")
         texts = self.generator.generate(
-            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage)
+            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard
         )
-        for state, prompt, (text, truncated) in zip(states, prompts, texts):
-            self.set_output(state, stage, text, prompt, truncated)
-        if stage == "caption":
+        for state, prompt, decoded in zip(states, prompts, texts):
+            out = self.set_output(state, stage, decoded.text, prompt, decoded.truncated)
+            out.repeat_stopped = decoded.repeat_stopped
+        if output_slot(stage) == "caption":
             self.predict_masks(states, features)
 
     def predict_masks(self, states: Sequence[ChainState], features) -> None:
@@ -163,18 +181,21 @@ class PancapChain:
         options: GenerationOptions | None = None,
         given: Sequence[Mapping[str, str]] | None = None,
         timings: dict[str, float] | None = None,
+        plan: str = "chain",
     ) -> list[dict]:
-        """Run every stage (up to ``options.stop_after``) for ``states`` as one batch; returns result dicts.
+        """Run every stage of ``PLANS[plan]`` (up to ``options.stop_after``) for ``states`` as one batch.
 
         ``given[i][stage]`` is a user-supplied output for image i (e.g. known boxes): that stage is not generated
-        for that image. ``timings`` accumulates seconds per stage (plus "encode").
+        for that image. ``timings`` accumulates seconds per stage (plus "encode"). Returns result dicts.
         """
+        if plan not in PLANS:
+            raise ValueError(f"unknown plan {plan!r}; choose one of {sorted(PLANS)}")
         options = options or GenerationOptions()
         timings = timings if timings is not None else {}
         started = time.perf_counter()
         features = self.encode(states)
         timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - started
-        for stage in STAGES:
+        for stage in PLANS[plan]:
             started = time.perf_counter()
             todo = [i for i, s in enumerate(states) if not (given and stage in given[i])]
             done = sorted(set(range(len(states))) - set(todo))

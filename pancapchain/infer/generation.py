@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from PIL import Image
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from pancapchain.constants import STAGES
+from pancapchain.constants import BOX_CLOSE, DIRECT, STAGES
+from pancapchain.infer.repeats import RepeatStop
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
 
 # Per-stage generation budgets: boxes-only and tagged lists are short; captions are long.
-DEFAULT_MAX_NEW_TOKENS = {"localize": 512, "label": 768, "discover": 512, "caption": 1024}
+DEFAULT_MAX_NEW_TOKENS = {"localize": 512, "label": 768, "discover": 512, "caption": 1024, DIRECT: 1024}
 
 
 @dataclass
@@ -31,11 +33,12 @@ class GenerationOptions:
     top_p: float = 1.0
     seed: int = 0
     stop_after: str | None = None  # a stage name: stop the chain after it
+    stop_on_repeat: bool = True  # end an answer that starts to loop (pancapchain.infer.repeats)
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise ValueError(f"stop_after={self.stop_after!r}: choose one of {STAGES}")
-        unknown = set(self.max_new_tokens) - set(STAGES)
+        unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")
 
@@ -46,6 +49,14 @@ class GenerationOptions:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
+
+
+class Decoded(NamedTuple):
+    """One generated answer: ``truncated`` = hit max_new_tokens; ``repeat_stopped`` = ended on a loop."""
+
+    text: str
+    truncated: bool
+    repeat_stopped: bool = False
 
 
 class Generator:
@@ -92,26 +103,41 @@ class Generator:
         features: BaseModelOutputWithPooling,
         system: str | None,
         generate_kwargs: dict,
-    ) -> list[tuple[str, bool]]:
-        """Decode one answer per prompt; returns (text, truncated) where truncated = hit max_new_tokens."""
+        repeat_guard: str | None = None,
+    ) -> list[Decoded]:
+        """Decode one answer per prompt. ``repeat_guard``: "items" (item lists) or "text" (captions) stops a
+        row that starts to loop (see pancapchain.infer.repeats); None decodes to EOS or max_new_tokens."""
         input_ids, attention_mask = self.tokenize(prompts, sizes, system)
         if generate_kwargs.get("do_sample"):
             torch.manual_seed(self.seed)
+        guard = self._repeat_stop(input_ids.shape[1], repeat_guard)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
             mm_encoder_outputs={"image": features},
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
+            stopping_criteria=[guard] if guard else None,
             **generate_kwargs,
         )
         new_tokens = out[:, input_ids.shape[1] :]
+        looped = guard.stopped.tolist() if guard is not None and guard.stopped is not None else [False] * len(out)
         results = []
-        for row in new_tokens:
+        for row, stopped in zip(new_tokens, looped):
             ended = bool((row == self.tokenizer.eos_token_id).any())
             text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-            results.append((text, not ended and len(row) >= generate_kwargs["max_new_tokens"]))
+            cut = not ended and not stopped and len(row) >= generate_kwargs["max_new_tokens"]
+            results.append(Decoded(text, cut, bool(stopped and not ended)))
         return results
+
+    def _repeat_stop(self, prompt_len: int, kind: str | None) -> RepeatStop | None:
+        if kind is None:
+            return None
+        if kind not in ("items", "text"):
+            raise ValueError(f"repeat_guard must be 'items', 'text' or None, not {kind!r}")
+        close_id = self.tokenizer.convert_tokens_to_ids(BOX_CLOSE)
+        separators = tuple(self.tokenizer(", ", add_special_tokens=False)["input_ids"])
+        return RepeatStop(prompt_len, close_id, kind == "items", ignore_ids=separators)
 
     @torch.no_grad()
     def generate_reencoding(

@@ -82,7 +82,7 @@ def sample_distinct(
             generator.seed = seed + round_index
             batch = generator.generate([prompt] * k, [size] * k, Generator.select(features, [0] * k), chain.system,
                                        generate_kwargs)
-            for text, truncated in batch:
+            for text, truncated, _ in batch:
                 if len(kept) < k and text.strip() and not is_duplicate(text, [t for t, _ in kept], near_duplicate):
                     kept.append((text, truncated))
     finally:
@@ -143,7 +143,7 @@ def region(
     features = chain.generator.encode([image])
     kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
               "top_k": None}
-    [(text, truncated)] = chain.generator.generate([prompt], [(h, w)], features, chain.system, kwargs)
+    [(text, truncated, _)] = chain.generator.generate([prompt], [(h, w)], features, chain.system, kwargs)
     box_text = chain.codec.encode([box], w, h)
     result = {"caption": text, "truncated": truncated, "box": [round(v, 4) for v in box], "box_model": box_text,
               "mask": None}

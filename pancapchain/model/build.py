@@ -92,7 +92,7 @@ def load_base(
     dtype = select_dtype(cfg.model.precision)
     attn = select_attention(cfg.model.attn_implementation, dtype)
     if cfg.model.base == "tiny":
-        tokenizer = build_tokenizer(tokenizer_texts, cfg.model.tiny.vocab_size)
+        tokenizer = build_tokenizer(tokenizer_texts, cfg.model.tiny.vocab_size, cfg.data.box_format == "bins")
         processor = build_processor(tokenizer, cfg.model.tiny)
         model = build_tiny_model(tokenizer, cfg.model.tiny)
         model.set_attn_implementation(attn)
@@ -173,8 +173,10 @@ def build_trainable(
         model = apply_lora(base, cfg)
     else:
         for name, param in base.named_parameters():
-            trainable = (cfg.model.train_projector and PROJECTOR in name) or (
-                not cfg.model.freeze_vision_tower and VISION_TOWER in name
+            trainable = (
+                (cfg.model.train_projector and PROJECTOR in name)
+                or (not cfg.model.freeze_vision_tower and VISION_TOWER in name)
+                or (cfg.model.train_language_model and PROJECTOR not in name and VISION_TOWER not in name)
             )
             param.requires_grad_(trainable)
         model = base

@@ -21,7 +21,7 @@ from transformers import (
 )
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from pancapchain.constants import BOX_CLOSE, BOX_OPEN, IMAGE_TOKEN
+from pancapchain.constants import BOX_CLOSE, BOX_OPEN, IMAGE_TOKEN, LOC_TOKENS
 
 # The paper's conversation format (vicuna_v1, as used by ASMv2/PancapChain):
 #   "<system> USER: <image>\n<prompt> ASSISTANT: <answer></s>"
@@ -48,7 +48,8 @@ VICUNA_CHAT_TEMPLATE = (
 )
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
-# Box delimiters are ordinary added tokens (not "special"), so decoding with skip_special_tokens keeps them.
+# Box delimiters and location tokens are ordinary added tokens (not "special"), so decoding with
+# skip_special_tokens keeps them. The <loc_i> tokens are only added for the ``bins`` box format.
 TEXT_TOKENS = [BOX_OPEN, BOX_CLOSE]
 
 
@@ -68,11 +69,18 @@ class TinyModelConfig:
     patch_size: int = 8
     vocab_size: int = 1024
     max_position_embeddings: int = 2048
+    # Initial vision position embeddings: "random" (CLIP's init) or "sincos" (2D sine-cosine of each patch's
+    # row and column, as in MAE/ViT-2D). Only the start differs; they are trained either way. A random tower
+    # must first discover where its patches are before any box can be learned; sincos starts from that.
+    vision_position_init: str = "random"
     seed: int = 0
 
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on ``texts`` (deterministic for the same texts in the same order)."""
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, loc_tokens: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` (deterministic for the same texts in the same order).
+
+    ``loc_tokens``: add one token per ``<loc_i>`` location bin (the ``bins`` box format).
+    """
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
@@ -84,8 +92,9 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    added = TEXT_TOKENS + (list(LOC_TOKENS) if loc_tokens else [])
     tok.train_from_iterator(list(texts) + TEXT_TOKENS, trainer=trainer)
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TEXT_TOKENS])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in added])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -153,7 +162,34 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig) -
     )
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config)
+    if cfg.vision_position_init == "sincos":
+        tower = model.model.vision_tower
+        embeddings = getattr(tower, "vision_model", tower).embeddings.position_embedding  # layout differs by release
+        with torch.no_grad():
+            embeddings.weight.copy_(sincos_2d(cfg.image_size // cfg.patch_size, cfg.vision_hidden_size))
+    elif cfg.vision_position_init != "random":
+        raise ValueError(f"vision_position_init must be random or sincos, not {cfg.vision_position_init!r}")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model
+
+
+def sincos_2d(grid: int, dim: int, amplitude: float = 0.5):
+    """(1 + grid*grid, dim) position table: row 0 (CLS) zeros, then per patch (row-major) sin/cos of its row in
+    the first half of the channels and of its column in the second half, at geometric frequencies."""
+    import torch
+
+    quarter = dim // 4
+    freqs = 1.0 / (100.0 ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
+    coords = torch.arange(grid, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(values):  # (grid*grid,) -> (grid*grid, 2*quarter)
+        angles = values.flatten()[:, None] * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    table = torch.zeros(1 + grid * grid, dim)
+    table[1:, : 2 * quarter] = encode(rows)
+    table[1:, 2 * quarter : 4 * quarter] = encode(cols)
+    return amplitude * table

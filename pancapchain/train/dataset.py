@@ -57,6 +57,8 @@ def collect_stage_examples(
     strict: bool = False,
     max_samples: int = 0,
     mask_stages: Sequence[str] = (),
+    *,
+    item_order: str = "caption",
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
@@ -80,7 +82,8 @@ def collect_stage_examples(
             continue
         no_example: list[tuple[str, str]] = []
         try:
-            examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed, no_example)
+            examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed, no_example,
+                                            item_order=item_order)
         except SampleError as err:
             if strict:
                 raise

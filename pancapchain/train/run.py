@@ -28,6 +28,7 @@ from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
 from pancapchain.model.build import build_trainable, projector_parameter_names, runtime_choices, select_dtype
 from pancapchain.model.checkpoint import CheckpointWriter, checkpoint_meta
+from pancapchain.train.budget import WallClockBudget
 from pancapchain.train.collator import PancapCollator
 from pancapchain.train.dataset import build_stage_dataset, collect_stage_examples
 from pancapchain.train.trainer import NonFiniteLossError, PancapTrainer
@@ -55,7 +56,8 @@ def training_arguments(cfg: RecipeConfig, has_eval: bool) -> TrainingArguments:
     return TrainingArguments(
         output_dir=t.output_dir,
         num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
+        # under a wall-clock budget the epochs bound the steps; the budget callback stops the run
+        max_steps=t.max_steps if t.max_seconds <= 0 or t.max_steps > 0 else -1,
         per_device_train_batch_size=t.per_device_batch_size,
         per_device_eval_batch_size=t.eval_batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -110,6 +112,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
         cfg.data.strict,
         max_samples,
         list(cfg.mask.stages) if cfg.mask.enabled else (),
+        item_order=cfg.data.item_order,
     )
 
 
@@ -171,8 +174,17 @@ def build_run(cfg: RecipeConfig) -> Run:
         nonfinite_loss=cfg.train.nonfinite_loss,
         checkpoint_writer=writer,
         aux_losses=[_mask_loss(model, cfg)] if head else [],
+        time_budget=_time_budget(cfg),
     )
     return Run(cfg, trainer, processor, train_ds, val_ds, reports)
+
+
+def _time_budget(cfg: RecipeConfig) -> WallClockBudget | None:
+    t = cfg.train
+    if t.max_seconds <= 0:
+        return None
+    log.info("wall-clock budget: %.0f s of training (time-based %s schedule)", t.max_seconds, t.scheduler)
+    return WallClockBudget(t.max_seconds, t.warmup_ratio, t.scheduler)
 
 
 def _mask_loss(model, cfg: RecipeConfig) -> MaskLoss:

@@ -16,10 +16,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
 from pancapchain.constants import IGNORE_INDEX, TASKS
 from pancapchain.mask.attach import restore_head_into, save_head_from
+from pancapchain.train.budget import WallClockBudget
 
 # An auxiliary loss gets (model outputs, batch) and returns {"name": scalar tensor}; the sum joins the LM loss.
 AuxLoss = Callable[[object, dict], dict[str, torch.Tensor]]
@@ -58,9 +60,13 @@ class PancapTrainer(Trainer):
         max_skipped_steps: int = 5,
         aux_losses: Sequence[AuxLoss] = (),
         checkpoint_writer: Callable[[str], None] | None = None,
+        time_budget: WallClockBudget | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.time_budget = time_budget
+        if time_budget is not None:
+            self.add_callback(time_budget)
         self.projector_lr = projector_lr
         self.projector_param_names = projector_param_names or set()
         self.nonfinite_loss = nonfinite_loss
@@ -177,6 +183,13 @@ class PancapTrainer(Trainer):
         super().log(logs, start_time)
 
     # ----------------------------------------------------------------------------------- optimizer
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The Trainer's step-based schedule, or a time-based one under ``train.max_seconds``."""
+        if self.time_budget is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, self.time_budget.lr_factor)
+        return self.lr_scheduler
+
     def create_optimizer(self, model=None):
         """Like the Trainer's, plus a parameter group for the projector with its own learning rate."""
         if self.optimizer is not None or not self.projector_param_names or self.projector_lr is None:

@@ -1,0 +1,167 @@
+"""Learning quality on CPU: the paper's ablation (chain vs direct captioning vs no discover stage), one table.
+
+    .venv/bin/python benchmarks/learning_quality.py [--protocol eval/synthetic_ablation.yaml] [--out runs/lq]
+                                                   [--variants chain,direct] [--budget-seconds 540] [--force]
+
+Protocol (eval/synthetic_ablation.yaml): synthetic scenes with fixed seeds (train; held-out val from another
+seed; a second held-out set from a third seed at another image size), then per variant: train the recipe with
+the variant's overrides within the same wall-clock budget -> run the variant's plan over the held-out scenes
+(`pancapchain infer`) -> score (`pancapchain eval`, offline PancapScore + mask metrics). Results are written
+per variant (atomically) to OUT/results.json, so an interrupted run resumes where it stopped; OUT/table.md
+holds the printed table. Run it alone on the machine: timings and the budget's worth depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pancapchain.ablation import Protocol, Variant, load_protocol  # noqa: E402
+from pancapchain.data.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+COLUMNS = ("variant", "eval set", "train s", "PancapScore", "tag F1", "loc F1", "attr F1", "rel F1", "global F1",
+           "% cut at max tokens", "mask mIoU")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(cmd: list[str], log: Path) -> None:
+    """Run a step, its output to ``log``; a failure stops the benchmark with the log's tail."""
+    print("  $ " + " ".join(cmd), flush=True)
+    with log.open("w") as fh:
+        code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=ENV)
+    if code != 0:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"step failed (exit {code}), log {log}:\n{tail}")
+
+
+def make_data(proto: Protocol, out: Path) -> dict[str, Path]:
+    """Generate each synthetic set once (kept when its config matches); returns set name -> JSONL."""
+    paths = {}
+    for name, spec in proto.data.items():
+        folder = out / "data" / name
+        split = "train" if name == "train" else "val"
+        args = ["--n-train", str(spec.n if split == "train" else 0), "--n-val", str(0 if split == "train" else spec.n)]
+        stamp = folder / "protocol.json"
+        want = {"n": spec.n, "seed": spec.seed, "size": spec.size}
+        if not stamp.exists() or json.loads(stamp.read_text()) != want:
+            print(f"== synth {name}: {want}", flush=True)
+            run([sys.executable, "-m", "pancapchain", "synth", "--out", str(folder), *args, "--seed", str(spec.seed),
+                 "--size", str(spec.size), "--no-progress"], out / f"synth_{name}.log")
+            atomic_write_json(stamp, want)
+        paths[name] = folder / f"{split}.jsonl"
+    rows = paths["val"].read_text().splitlines()[: proto.loss_rows]
+    loss_file = paths["val"].parent / "val_loss.jsonl"  # next to val.jsonl: same image root
+    atomic_write_text(loss_file, "\n".join(rows) + "\n")
+    paths["loss"] = loss_file
+    return paths
+
+
+def train(proto: Protocol, variant: Variant, data: dict[str, Path], out: Path) -> dict:
+    run_dir = out / "runs" / variant.name
+    args = variant.override_args() + [f"train.max_seconds={proto.budget_seconds}", f"data.train={data['train']}",
+                                      f"data.val={data['loss']}", f"train.output_dir={run_dir}", "train.resume=never"]
+    run([sys.executable, "train.py", "--recipe", str(proto.recipe), *args], out / f"train_{variant.name}.log")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, batch_size: int) -> dict:
+    run_dir, tag = out / "runs" / variant.name, f"{variant.name}_{eval_set}"
+    preds = out / "preds" / f"{tag}.jsonl"
+    preds.parent.mkdir(parents=True, exist_ok=True)
+    preds.unlink(missing_ok=True)
+    plan_flag = {"chain": [], "direct": ["--direct"], "no-discover": ["--skip-discover"]}[variant.plan]
+    run([sys.executable, "-m", "pancapchain", "infer", "--model", str(run_dir), "--data", str(data[eval_set]),
+         "--out", str(preds), "--batch-size", str(batch_size), *plan_flag], out / f"infer_{tag}.log")
+    run([sys.executable, "-m", "pancapchain", "eval", "--pred", str(preds), "--gt", str(data[eval_set]),
+         "--out", str(out / "eval" / tag), "--no-caption-metrics"], out / f"eval_{tag}.log")
+    metrics = json.loads((out / "eval" / tag / "metrics.json").read_text())
+    return {"metrics": metrics, "cut": cut_share(preds)}
+
+
+def cut_share(preds: Path) -> dict:
+    """Stage outputs that hit max_new_tokens, over all stage outputs of the predictions."""
+    cut = total = 0
+    for line in preds.read_text().splitlines():
+        for stage in json.loads(line).get("stages", {}).values():
+            total += 1
+            cut += bool(stage.get("truncated"))
+    return {"cut": cut, "total": total, "percent": 100.0 * cut / max(total, 1)}
+
+
+def row(name: str, eval_set: str, train_s: float, result: dict) -> list[str]:
+    m, scores = result["metrics"], result["metrics"]["scores"]
+    mask = m.get("mask_metrics") or {}
+    f1 = [100 * scores[d]["f1"] for d in ("tag", "loc", "attr", "rel", "global")]
+    miou = f"{100 * mask['mIoU']:.2f}" if mask else "n/a"
+    return [name, eval_set, f"{train_s:.0f}", f"{m['pancapscore']:.2f}", *(f"{v:.2f}" for v in f1),
+            f"{result['cut']['percent']:.1f} ({result['cut']['cut']}/{result['cut']['total']})", miou]
+
+
+def table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", default=str(ROOT / "eval" / "synthetic_ablation.yaml"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "learning_quality"))
+    parser.add_argument("--variants", default="", help="comma-separated subset (default: all of the protocol)")
+    parser.add_argument("--budget-seconds", type=float, default=0, help="override the protocol's training budget")
+    parser.add_argument("--force", action="store_true", help="redo variants that already have results")
+    parser.add_argument("--row", nargs=3, metavar=("RUN", "PREDS", "EVAL_DIR"),
+                        help="only print the table row of an existing chain run (used by scripts/demo.sh)")
+    args = parser.parse_args()
+    if args.row:
+        run_dir, preds, eval_dir = (Path(p) for p in args.row)
+        train_s = json.loads((run_dir / "metrics.json").read_text())["train_wall_seconds"]
+        result = {"metrics": json.loads((eval_dir / "metrics.json").read_text()), "cut": cut_share(preds)}
+        print(table([row("chain", "val", train_s, result)]))
+        return 0
+    proto = load_protocol(args.protocol, ROOT)
+    if args.budget_seconds > 0:
+        proto = Protocol(proto.recipe, args.budget_seconds, proto.data, proto.loss_rows, proto.infer_batch_size,
+                         proto.variants)
+    names = [v for v in args.variants.split(",") if v] or list(proto.variants)
+    unknown = sorted(set(names) - set(proto.variants))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; the protocol has {list(proto.variants)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() and not args.force else {}
+    data = make_data(proto, out)
+    for name in names:
+        if name in results and results[name].get("budget_seconds") == proto.budget_seconds:
+            print(f"== {name}: done before (results.json), skipped; --force redoes it", flush=True)
+            continue
+        variant = proto.variants[name]
+        print(f"== {name}: train ({proto.budget_seconds:.0f} s budget), plan {variant.plan}", flush=True)
+        started = time.time()
+        metrics = train(proto, variant, data, out)
+        entry = {"budget_seconds": proto.budget_seconds, "train": metrics, "sets": {}}
+        for eval_set in variant.eval_sets:
+            print(f"== {name}: infer + eval on {eval_set}", flush=True)
+            entry["sets"][eval_set] = score(variant, eval_set, data, out, proto.infer_batch_size)
+        entry["wall_seconds"] = round(time.time() - started, 1)
+        results[name] = entry
+        atomic_write_json(results_file, results)
+    rows = [row(name, s, results[name]["train"]["train_wall_seconds"], res)
+            for name in names if name in results for s, res in results[name]["sets"].items()]
+    text = table(rows)
+    atomic_write_text(out / "table.md", text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The synthetic ablation protocol (``eval/synthetic_ablation.yaml``) read and checked before anything runs.
+
+``benchmarks/learning_quality.py`` runs it: one synthetic train set and held-out sets from other seeds (and
+another image size), then per variant: train within the wall budget -> infer with the variant's plan -> score.
+Every variant's recipe (the base recipe + its overrides + the budget) is validated here, so a typo in a
+variant fails at start, not after an hour of training the other variants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pancapchain.config import RecipeConfig, load_recipe
+
+PLANS = ("chain", "no-discover", "direct")  # pancapchain.infer.chain.PLANS (not imported: no torch here)
+_TOP_KEYS = {"recipe", "budget_seconds", "data", "loss_rows", "infer_batch_size", "variants"}
+_VARIANT_KEYS = {"plan", "overrides", "eval_sets"}
+_SET_KEYS = {"n", "seed", "size"}
+
+
+class ProtocolError(ValueError):
+    """An invalid protocol file; the message lists every problem."""
+
+
+@dataclass(frozen=True)
+class SynthSet:
+    n: int
+    seed: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    plan: str
+    overrides: dict[str, str]
+    eval_sets: tuple[str, ...]
+
+    def override_args(self) -> list[str]:
+        """``key=value`` arguments for train.py (values as YAML text)."""
+        return [f"{k}={v}" for k, v in self.overrides.items()]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    recipe: Path
+    budget_seconds: float
+    data: dict[str, SynthSet]
+    loss_rows: int
+    infer_batch_size: int
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    def recipe_for(self, variant: Variant, extra: list[str] | None = None) -> RecipeConfig:
+        """The validated recipe of ``variant`` (raises ConfigError naming every problem)."""
+        args = variant.override_args() + [f"train.max_seconds={self.budget_seconds}"] + list(extra or [])
+        return load_recipe(str(self.recipe), args)
+
+
+def load_protocol(path: str | Path, root: str | Path = ".") -> Protocol:
+    """Read and check a protocol file; every variant's recipe is validated too."""
+    raw = yaml.safe_load(Path(path).read_text())
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{path}: a protocol is a YAML mapping")
+    problems += [f"unknown key {k!r} (known: {sorted(_TOP_KEYS)})" for k in sorted(set(raw) - _TOP_KEYS)]
+    problems += [f"missing key {k!r}" for k in sorted(_TOP_KEYS - set(raw))]
+    if problems:
+        raise ProtocolError(f"{path}:\n  - " + "\n  - ".join(problems))
+    data = {name: _synth_set(name, spec, problems) for name, spec in (raw["data"] or {}).items()}
+    if "train" not in data:
+        problems.append("data needs a 'train' set")
+    variants = {name: _variant(name, spec, set(data) - {"train"}, problems) for name, spec in raw["variants"].items()}
+    if float(raw["budget_seconds"]) <= 0:
+        problems.append("budget_seconds must be > 0")
+    proto = Protocol(Path(root) / raw["recipe"], float(raw["budget_seconds"]), data, int(raw["loss_rows"]),
+                     int(raw["infer_batch_size"]), variants)
+    for variant in variants.values():
+        try:
+            proto.recipe_for(variant)
+        except (ValueError, OSError) as err:
+            problems.append(f"variant {variant.name}: {err}")
+    if problems:
+        raise ProtocolError(f"{path}:\n  - " + "\n  - ".join(problems))
+    return proto
+
+
+def _synth_set(name: str, spec: dict, problems: list[str]) -> SynthSet:
+    if not isinstance(spec, dict) or set(spec) != _SET_KEYS:
+        problems.append(f"data.{name} needs exactly the keys {sorted(_SET_KEYS)}")
+        return SynthSet(0, 0, 64)
+    return SynthSet(int(spec["n"]), int(spec["seed"]), int(spec["size"]))
+
+
+def _variant(name: str, spec: dict, sets: set[str], problems: list[str]) -> Variant:
+    spec = spec or {}
+    problems += [f"variant {name}: unknown key {k!r}" for k in sorted(set(spec) - _VARIANT_KEYS)]
+    plan = spec.get("plan", "chain")
+    if plan not in PLANS:
+        problems.append(f"variant {name}: plan {plan!r} is not one of {PLANS}")
+    eval_sets = tuple(spec.get("eval_sets") or ["val"])
+    problems += [f"variant {name}: eval set {s!r} is not a held-out data set {sorted(sets)}"
+                 for s in eval_sets if s not in sets]
+    overrides = {str(k): str(v) for k, v in (spec.get("overrides") or {}).items()}
+    return Variant(name, plan, overrides, eval_sets)

@@ -1,0 +1,61 @@
+"""A wall-clock training budget: ``train.max_seconds`` stops training after that many seconds of optimizer steps,
+and the learning-rate schedule runs on elapsed time instead of steps.
+
+Written by hand because the Trainer only knows step- and epoch-based schedules, and an ablation that compares
+variants "within the same wall budget" (benchmarks/learning_quality.py) needs a schedule that completes its
+warmup and cosine decay exactly when the budget ends, whatever the step time of the variant.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from transformers import TrainerCallback
+
+
+class WallClockBudget(TrainerCallback):
+    """Stops training once ``seconds`` of training time have passed; ``lr_factor`` is a time-based schedule.
+
+    The clock starts at the first optimizer step (evaluation before training does not count). A resumed run
+    gets a fresh budget: the budget is a per-launch limit, not a total.
+    """
+
+    def __init__(self, seconds: float, warmup_ratio: float = 0.03, scheduler: str = "cosine"):
+        if seconds <= 0:
+            raise ValueError(f"a wall-clock budget needs seconds > 0, got {seconds}")
+        if scheduler not in ("cosine", "linear", "constant"):
+            raise ValueError(f"train.max_seconds supports scheduler cosine, linear or constant, not {scheduler!r}")
+        self.seconds = seconds
+        self.warmup = min(max(warmup_ratio, 0.0), 0.5)
+        self.scheduler = scheduler
+        self.started: float | None = None
+        self.clock = time.monotonic
+
+    def elapsed_fraction(self) -> float:
+        """Share of the budget used so far, in [0, 1] (0 before the first step)."""
+        if self.started is None:
+            return 0.0
+        return min(1.0, (self.clock() - self.started) / self.seconds)
+
+    def lr_factor(self, _step: int = 0) -> float:
+        """Multiplier of the base learning rate: linear warmup, then cosine/linear decay to 0 (or constant)."""
+        f = self.elapsed_fraction()
+        if self.warmup > 0 and f < self.warmup:
+            return max(f / self.warmup, 1e-3)
+        if self.scheduler == "constant":
+            return 1.0
+        progress = (f - self.warmup) / (1.0 - self.warmup)
+        if self.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.started is None:
+            self.started = self.clock()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.elapsed_fraction() >= 1.0:
+            control.should_training_stop = True
+            control.should_save = True  # the final checkpoint is the budget's end
+        return control

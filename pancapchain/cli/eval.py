@@ -97,11 +97,11 @@ def _preflight(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pancapchain.eval.report import summary_table, write_outputs
-    from pancapchain.eval.runner import evaluate
     from pancapchain.errors import UserError, is_user_error
 
     _preflight(args)
+    from pancapchain.eval.report import summary_table, write_outputs  # heavy: only after the checks
+    from pancapchain.eval.runner import evaluate
     try:
         result = evaluate(args.pred, args.gt, options_from_args(args), out_dir=args.out)
     except ValueError as err:  # evaluation raises plain ValueError for unusable inputs too

@@ -24,12 +24,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from pancapchain.cli import preflight
     from pancapchain.errors import PreflightError
-    from pancapchain.model.export import export_checkpoint
 
     preflight.model_dir(args.checkpoint, "--checkpoint")
     preflight.output_dir(args.out, "--out")
     if args.base:
         preflight.existing_dir(args.base, "--base")
+    from pancapchain.model.export import export_checkpoint  # heavy (torch): only after the checks
     try:
         export_checkpoint(args.checkpoint, args.out, args.dtype, args.force, args.base)
     except SafetensorError as err:

@@ -30,7 +30,7 @@ def _preflight(args: argparse.Namespace) -> None:
     """Every argument checked before the model loads; nothing is created here."""
     from pancapchain.cli import preflight
     from pancapchain.errors import PreflightError
-    from pancapchain.infer.batch import check_resumable
+    from pancapchain.infer.resume import check_resumable
 
     if bool(args.data) == bool(args.image):
         raise PreflightError("give either --data JSONL, or --image with --caption")
@@ -60,14 +60,14 @@ def _preflight(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from PIL import Image
+    _preflight(args)
+    from PIL import Image  # the rest is heavy (torch): only after the checks
 
     from pancapchain.cli.preflight import load_chain
     from pancapchain.data.io import atomic_write_json
     from pancapchain.infer.ground import ground, ground_dataset
     from pancapchain.mask.refine import candidate_masks, load_candidates
 
-    _preflight(args)
     candidates = load_candidates(args.candidates) if args.candidates else None
     chain = load_chain(args.model, args.device)
     auto = _sam_candidates(args.sam, args.device) if args.sam else None

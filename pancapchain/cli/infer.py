@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _preflight(args: argparse.Namespace) -> None:
     from pancapchain.cli import preflight
-    from pancapchain.infer.batch import check_resumable
+    from pancapchain.infer.resume import check_resumable
 
     preflight.existing_path(args.data, "--data")
     if args.image_root:
@@ -65,9 +65,9 @@ def _preflight(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from pancapchain.cli.preflight import load_chain
-    from pancapchain.infer.batch import run_inference
 
     _preflight(args)
+    from pancapchain.infer.batch import run_inference  # heavy (torch): only after the checks
     chain = load_chain(args.model, args.device)
     summary = run_inference(chain, args.data, args.out, args.batch_size, generation_options(args),
                             args.image_root or None, args.limit)

@@ -48,13 +48,12 @@ def check_box_task_args(args: argparse.Namespace) -> tuple:
     """Pre-flight of segcap/region (before the model loads): the box, the image, the output and the numbers."""
     from pancapchain.cli import preflight
 
-    box = box_argument(args.box)
     preflight.image_file(args.image, "--image")
     if args.out:
         preflight.output_file(args.out, "--out")
     preflight.at_least(args.max_new_tokens, 1, "--max-new-tokens")
     preflight.model_dir(args.model)
-    return box
+    return box_argument(args.box)  # imports the inference code (torch): the cheap checks come first
 
 
 def run_box_task(args: argparse.Namespace, call) -> tuple:

@@ -16,12 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from pancapchain.cli import preflight
-    from pancapchain.infer.visualize import visualize
 
     preflight.existing_file(args.pred, "--pred")
     preflight.existing_dir(args.images, "--images")
     preflight.output_dir(args.out, "--out")
     preflight.at_least(args.limit, 0, "--limit")
+    from pancapchain.infer.visualize import visualize  # heavy (torch): only after the checks
+
     report = visualize(args.pred, args.images, args.out, args.limit)
     print(report.summary())
     print(f"open {args.out}/index.html")

@@ -178,7 +178,7 @@ class ChatSession:
         try:
             return validate_box([float(v) for v in text.split(",")], "chat", "box")
         except (ValueError, SampleError) as err:
-            raise ChatError(f"bad box {text!r}: {err}") from None
+            raise ChatError(f"bad box {text!r}: {getattr(err, 'problem', err)}") from None
 
     # ---------------------------------------------------------------------------------------- loop
     def handle(self, line: str) -> bool:
@@ -216,7 +216,7 @@ class ChatSession:
                 return 0 if errors == 0 or interactive else 1
             try:
                 if not self.handle(line):
-                    return 0
+                    return 0 if errors == 0 or interactive else 1
             except KeyboardInterrupt:
                 if not interactive:
                     raise

@@ -128,3 +128,19 @@ def test_a_complete_file_of_an_earlier_version_is_adopted(tmp_path):
     plain.write_text('{"id": "a"}\n')  # an id alone is not enough to call a file ours
     with pytest.raises(UserError, match="not a pancapchain prediction row"):
         check_resumable(plain)
+
+
+def test_validate_data_names_an_image_whose_size_differs_from_the_record(tmp_path):
+    from conftest import write_dataset
+
+    from pancapchain.cli import main
+
+    data = write_dataset(tmp_path / "d", n=2)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[1]["width"] = 64
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["validate-data", "--data", str(data)]) == 0
+    report = json.loads(data.with_suffix(".validation.json").read_text())
+    assert report["kept"] == 1
+    assert report["skipped"] == [{"record": "s1", "reason": "image size 48x32 differs from the record's width x "
+                                  "height 64x32"}]

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.schema import SampleError, resolve_image
+from pancapchain.errors import UserError
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
 from pancapchain.infer.resume import append_line, finished_ids
@@ -75,6 +76,8 @@ def run_inference(
     limit: int = 0,
 ) -> dict:
     """Chain every image of ``data`` into ``out`` (JSONL); returns a summary also written to ``<out>.summary.json``."""
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size}: must be >= 1")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = SkipReport(what="images")

@@ -1,7 +1,9 @@
 """The ``pancapchain`` command: one subcommand per module under ``pancapchain.cli``.
 
 Each module listed in COMMANDS defines ``register(subparsers)``, which adds its parser and sets
-``func`` (called with the parsed args; its return value is the exit code).
+``func`` (called with the parsed args; its return value is the exit code). ``main`` runs it under the
+error policy of :mod:`pancapchain.errors`: user errors print one line and exit 2, Ctrl-C exits 130,
+``--debug`` anywhere on the command line (or ``PANCAPCHAIN_DEBUG=1``) shows tracebacks.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from pancapchain.errors import debug_requested, run_guarded
 
 COMMANDS = (
     "train",
@@ -29,7 +33,9 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pancapchain", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pancapchain", description=__doc__.splitlines()[0],
+        epilog="Add --debug (or set PANCAPCHAIN_DEBUG=1) to see the traceback of an error.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"pancapchain.cli.{name.replace('-', '_')}").register(sub)
@@ -37,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    args.debug = debug
+    prog = f"pancapchain {args.command}"
+    return run_guarded(lambda: args.func(args), prog, debug)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pancapchain.cli.infer import add_generation_args, generation_options
+from pancapchain.cli.infer import add_generation_args, check_generation_args, generation_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pancapchain.infer.chain import PancapChain
+    from pancapchain.cli import preflight
     from pancapchain.infer.chat import ChatSession
 
-    session = ChatSession(PancapChain.from_pretrained(args.model, device=args.device), generation_options(args))
+    if args.image:
+        preflight.image_file(args.image, "--image")
+    check_generation_args(args)
+    preflight.model_dir(args.model)
+    session = ChatSession(preflight.load_chain(args.model, args.device), generation_options(args),
+                          debug=getattr(args, "debug", False))
     session.say("pancapchain chat: `help` lists the commands")
     if args.image:
         session.cmd_image(args.image)

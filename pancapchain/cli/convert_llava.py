@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,12 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pancapchain.model.convert_llava import ConvertError, convert_llava
-    from pancapchain.model.staging import OutputDirError
+    from pancapchain.cli import preflight
+    from pancapchain.model.convert_llava import convert_llava
 
-    try:
-        convert_llava(args.src, args.out, args.vision_tower, args.dtype, args.force)
-    except (ConvertError, OutputDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    preflight.existing_dir(args.src, "--src")
+    preflight.output_dir(args.out, "--out")
+    if args.vision_tower:
+        preflight.existing_dir(args.vision_tower, "--vision-tower")
+    convert_llava(args.src, args.out, args.vision_tower, args.dtype, args.force)
     return 0

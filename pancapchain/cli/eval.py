@@ -68,23 +68,46 @@ def options_from_args(args: argparse.Namespace):
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from pancapchain.data.schema import SampleError
-    from pancapchain.eval.report import summary_table, write_outputs
-    from pancapchain.eval.runner import evaluate
+def _preflight(args: argparse.Namespace) -> None:
+    """Every argument checked before anything loads or is created."""
+    from pancapchain.cli import preflight
+    from pancapchain.errors import PreflightError
 
     if args.judge != "offline" and not args.judge.startswith("hf:"):
-        print(f"pancapchain eval: error: --judge must be 'offline' or 'hf:PATH', got {args.judge!r}", file=sys.stderr)
-        return 2
-    for what, path in (("--pred", args.pred), ("--gt", args.gt)):
-        if not path.is_file():
-            print(f"pancapchain eval: error: {what} file {path} does not exist", file=sys.stderr)
-            return 2
+        raise PreflightError(f"--judge must be 'offline' or 'hf:PATH', got {args.judge!r}")
+    if args.judge.startswith("hf:"):
+        preflight.existing_dir(args.judge[3:], "--judge hf:")
+    preflight.existing_file(args.pred, "--pred")
+    preflight.existing_file(args.gt, "--gt")
+    preflight.output_dir(args.out, "--out")
+    for flag, folder in (("--image-root", args.image_root), ("--prompts-dir", args.prompts_dir)):
+        if folder:
+            preflight.existing_dir(folder, flag)
+    if args.embed_model and args.embed_model != "hashing":
+        preflight.existing_dir(args.embed_model, "--embed-model")
+    if args.meteor_jar:
+        preflight.existing_file(args.meteor_jar, "--meteor-jar")
+    if args.judge_cache:
+        preflight.output_dir(args.judge_cache, "--judge-cache")
+    for flag, value in (("--embed-threshold", args.embed_threshold), ("--iou-threshold", args.iou_threshold),
+                        ("--support-threshold", args.support_threshold)):
+        preflight.in_range(value, 0.0, 1.0, flag)
+    preflight.at_least(args.judge_batch_size, 1, "--judge-batch-size")
+    preflight.at_least(args.judge_max_new_tokens, 1, "--judge-max-new-tokens")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pancapchain.errors import UserError, is_user_error
+
+    _preflight(args)
+    from pancapchain.eval.report import summary_table, write_outputs  # heavy: only after the checks
+    from pancapchain.eval.runner import evaluate
     try:
         result = evaluate(args.pred, args.gt, options_from_args(args), out_dir=args.out)
-    except (SampleError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"pancapchain eval: error: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # evaluation raises plain ValueError for unusable inputs too
+        if is_user_error(err):
+            raise
+        raise UserError(str(err)) from None
     paths = write_outputs(result, args.out)
     print(summary_table(result.metrics))
     warned = [image for image in result.images if image.warnings]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,14 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pancapchain.model.checkpoint import CheckpointError
-    from pancapchain.model.export import ExportError, export_checkpoint
-    from pancapchain.model.merge import MergeError
-    from pancapchain.model.staging import OutputDirError
+    from safetensors import SafetensorError
 
+    from pancapchain.cli import preflight
+    from pancapchain.errors import PreflightError
+
+    preflight.model_dir(args.checkpoint, "--checkpoint")
+    preflight.output_dir(args.out, "--out")
+    if args.base:
+        preflight.existing_dir(args.base, "--base")
+    from pancapchain.model.export import export_checkpoint  # heavy (torch): only after the checks
     try:
         export_checkpoint(args.checkpoint, args.out, args.dtype, args.force, args.base)
-    except (ExportError, CheckpointError, MergeError, OutputDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except SafetensorError as err:
+        raise PreflightError(f"--checkpoint {args.checkpoint}: unreadable weights ({err})") from None
     return 0

@@ -26,24 +26,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from PIL import Image
+def _preflight(args: argparse.Namespace) -> None:
+    """Every argument checked before the model loads; nothing is created here."""
+    from pancapchain.cli import preflight
+    from pancapchain.errors import PreflightError
+    from pancapchain.infer.resume import check_resumable
 
+    if bool(args.data) == bool(args.image):
+        raise PreflightError("give either --data JSONL, or --image with --caption")
+    if args.data:
+        preflight.existing_file(args.data, "--data")
+        if not args.out:
+            raise PreflightError("--data needs --out (the JSONL the grounded samples are appended to)")
+        if args.image_root:
+            preflight.existing_dir(args.image_root, "--image-root")
+    else:
+        preflight.image_file(args.image, "--image")
+        if not args.caption.strip():
+            raise PreflightError("--image needs --caption (the narrative with inline boxes to ground)")
+    if args.out:
+        preflight.output_file(args.out, "--out")
+        if args.data:
+            check_resumable(args.out)
+    if args.candidates:
+        preflight.existing_file(args.candidates, "--candidates")
+    if args.sam:
+        preflight.existing_dir(args.sam, "--sam")
+    preflight.in_range(args.tau, 0.0, 1.0, "--tau")
+    model = preflight.model_dir(args.model)
+    if not (model / "mask_head.json").is_file():
+        raise PreflightError(f"--model {model}: has no mask head (mask_head.json); ground needs a model trained "
+                             "with mask.enabled=true, e.g. recipes/tiny_mask.yaml")
+
+
+def _run(args: argparse.Namespace) -> int:
+    _preflight(args)
+    from PIL import Image  # the rest is heavy (torch): only after the checks
+
+    from pancapchain.cli.preflight import load_chain
     from pancapchain.data.io import atomic_write_json
-    from pancapchain.infer.chain import PancapChain
     from pancapchain.infer.ground import ground, ground_dataset
     from pancapchain.mask.refine import candidate_masks, load_candidates
 
-    if bool(args.data) == bool(args.image):
-        print("error: give either --data JSONL, or --image with --caption")
-        return 2
-    chain = PancapChain.from_pretrained(args.model, device=args.device)
     candidates = load_candidates(args.candidates) if args.candidates else None
+    chain = load_chain(args.model, args.device)
     auto = _sam_candidates(args.sam, args.device) if args.sam else None
     if args.data:
-        if not args.out:
-            print("error: --data needs --out")
-            return 2
         report = ground_dataset(chain, args.data, args.out, args.image_root or None, candidates, args.tau, auto)
         print(report.summary())
         return 0

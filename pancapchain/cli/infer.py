@@ -21,6 +21,16 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
 
 
+def check_generation_args(args: argparse.Namespace) -> None:
+    """Range checks of the decoding options (before the model loads)."""
+    from pancapchain.cli import preflight
+
+    preflight.at_least(args.max_new_tokens, 0, "--max-new-tokens")
+    preflight.in_range(args.temperature, 1e-6, 100.0, "--temperature")
+    preflight.in_range(args.top_p, 1e-6, 1.0, "--top-p")
+    preflight.at_least(args.seed, 0, "--seed")
+
+
 def generation_options(args: argparse.Namespace):
     from pancapchain.infer.generation import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
 
@@ -49,11 +59,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pancapchain.infer.batch import run_inference
-    from pancapchain.infer.chain import PancapChain
+def _preflight(args: argparse.Namespace) -> None:
+    from pancapchain.cli import preflight
+    from pancapchain.infer.resume import check_resumable
 
-    chain = PancapChain.from_pretrained(args.model, device=args.device)
+    preflight.existing_path(args.data, "--data")
+    if args.image_root:
+        preflight.existing_dir(args.image_root, "--image-root")
+    preflight.output_file(args.out, "--out")
+    preflight.at_least(args.batch_size, 1, "--batch-size")
+    preflight.at_least(args.limit, 0, "--limit")
+    check_generation_args(args)
+    check_resumable(args.out)
+    preflight.model_dir(args.model)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pancapchain.cli.preflight import load_chain
+
+    _preflight(args)
+    from pancapchain.infer.batch import run_inference  # heavy (torch): only after the checks
+    chain = load_chain(args.model, args.device)
     summary = run_inference(chain, args.data, args.out, args.batch_size, generation_options(args),
                             args.image_root or None, args.limit, plan=args.plan)
     print(f"images: {summary['images_total']} (already done {summary['already_done']}, "

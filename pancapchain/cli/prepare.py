@@ -50,6 +50,7 @@ def _register_sapancap(sources: argparse._SubParsersAction) -> None:
 
 
 def run_sapancap(args: argparse.Namespace) -> int:
+    from pancapchain.cli import preflight
     from pancapchain.data.io import atomic_write_json, save_samples
     from pancapchain.data.sapancap import caption_statistics, import_sapancap
     from pancapchain.data.schema import SampleError
@@ -57,6 +58,11 @@ def run_sapancap(args: argparse.Namespace) -> int:
     if not args.stats_only and (args.image_root is None or args.out is None):
         print("pancapchain prepare sapancap: error: --image-root and --out are required", file=sys.stderr)
         return 2
+    preflight.existing_file(args.captions, "--captions")
+    if args.image_root is not None:
+        preflight.existing_dir(args.image_root, "--image-root")
+    if args.out is not None:
+        preflight.output_dir(args.out, "--out")
     try:
         if args.stats_only:
             samples, report = [], caption_statistics(args.captions)
@@ -119,10 +125,16 @@ def _register_sam_candidates(sources: argparse._SubParsersAction) -> None:
 
 def _sam_inputs(args: argparse.Namespace, command: str):
     """(samples, load report, SamRunner) or an exit code after printing the error."""
+    from pancapchain.cli import preflight
     from pancapchain.data.io import load_samples
     from pancapchain.mask.sam_head import MaskHeadError
     from pancapchain.mask.sam_tools import SamRunner
 
+    preflight.existing_file(args.data, "--data")
+    preflight.existing_dir(args.sam, "--sam")
+    if args.image_root is not None:
+        preflight.existing_dir(args.image_root, "--image-root")
+    preflight.output_file(args.out, "--out")
     try:
         samples, loaded = load_samples(args.data)
         runner = SamRunner(args.sam)

@@ -22,10 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     from pancapchain.data.io import atomic_write_json
     from pancapchain.infer.segcap import region
 
-    done, code = run_box_task(args, lambda chain, img, box: region(chain, img, box, max_new_tokens=args.max_new_tokens))
-    if done is None:
-        return code
-    result = done[1]
+    _, result = run_box_task(args, lambda chain, img, box: region(chain, img, box, max_new_tokens=args.max_new_tokens))
     mask = result["mask"]
     print(result["caption"] + (f"  (mask score {mask['score']})" if mask else ""))
     if args.out:

@@ -33,38 +33,64 @@ def add_box_task_args(parser: argparse.ArgumentParser, trained_with: str) -> Non
     parser.add_argument("--device", default="cpu")
 
 
-def run_box_task(args: argparse.Namespace, call) -> tuple[tuple | None, int]:
-    """Parse --box, load the model, open --image, run ``call(chain, image, box)``: ((box, result), 0) or (None, 2)."""
-    from PIL import Image
-
-    from pancapchain.data.prompts import PromptError
-    from pancapchain.infer.chain import PancapChain
+def box_argument(text: str) -> tuple:
+    """``--box`` parsed and validated; a bad box is a user error naming the value."""
+    from pancapchain.errors import PreflightError
     from pancapchain.infer.segcap import parse_box_arg
 
     try:
-        box = parse_box_arg(args.box)
+        return parse_box_arg(text)
     except ValueError as err:
-        print(f"error: {err}")
-        return None, 2
-    chain = PancapChain.from_pretrained(args.model, device=args.device)
+        raise PreflightError(f"--box {text!r}: {getattr(err, 'problem', err)}") from None
+
+
+def check_box_task_args(args: argparse.Namespace) -> tuple:
+    """Pre-flight of segcap/region (before the model loads): the box, the image, the output and the numbers."""
+    from pancapchain.cli import preflight
+
+    preflight.image_file(args.image, "--image")
+    if args.out:
+        preflight.output_file(args.out, "--out")
+    preflight.at_least(args.max_new_tokens, 1, "--max-new-tokens")
+    preflight.model_dir(args.model)
+    return box_argument(args.box)  # imports the inference code (torch): the cheap checks come first
+
+
+def run_box_task(args: argparse.Namespace, call) -> tuple:
+    """Check the arguments, load the model, open --image, run ``call(chain, image, box)``: (box, result)."""
+    from PIL import Image
+
+    from pancapchain.cli.preflight import load_chain
+    from pancapchain.data.prompts import PromptError
+    from pancapchain.errors import UserError
+
+    box = check_box_task_args(args)
+    chain = load_chain(args.model, args.device)
     try:
         with Image.open(args.image) as img:
-            return (box, call(chain, img, box)), 0
-    except (PromptError, ValueError) as err:
-        print(f"error: {err}")
-        return None, 2
+            return box, call(chain, img, box)
+    except (PromptError, ValueError) as err:  # e.g. a model not trained for this task
+        raise UserError(f"--model {args.model}: {err}") from None
+
+
+def _check_sampling(args: argparse.Namespace) -> None:
+    from pancapchain.cli import preflight
+
+    preflight.at_least(args.k, 1, "-k")
+    preflight.in_range(args.temperature, 1e-6, 100.0, "--temperature")
+    preflight.in_range(args.top_p, 1e-6, 1.0, "--top-p")
+    preflight.at_least(args.max_rounds, 1, "--max-rounds")
+    preflight.in_range(args.near_duplicate, 0.0, 1.0, "--near-duplicate")
 
 
 def _run(args: argparse.Namespace) -> int:
     from pancapchain.data.io import atomic_write_json
     from pancapchain.infer.segcap import segcap
 
-    done, code = run_box_task(args, lambda chain, img, box: segcap(
+    _check_sampling(args)
+    box, pairs = run_box_task(args, lambda chain, img, box: segcap(
         chain, img, box, args.k, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         max_new_tokens=args.max_new_tokens, max_rounds=args.max_rounds, near_duplicate=args.near_duplicate))
-    if done is None:
-        return code
-    box, pairs = done
     for i, pair in enumerate(pairs):
         print(f"[{i}] {pair['caption']}  ({len(pair['masks'])} masks)")
     if len(pairs) < args.k:

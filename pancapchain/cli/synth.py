@@ -24,8 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pancapchain.cli import preflight
     from pancapchain.data.synth import write_dataset
 
+    preflight.output_dir(args.out, "--out")
     try:
         result = write_dataset(args.out, args.n_train, args.n_val, args.seed, args.size, not args.no_progress)
     except (ValueError, OSError) as err:

@@ -15,4 +15,4 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pancapchain.train.run import main
 
-    return main(["--recipe", args.recipe, *args.overrides])
+    return main(["--recipe", args.recipe, *args.overrides], prog="pancapchain train", debug=args.debug)

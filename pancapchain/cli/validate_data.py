@@ -18,18 +18,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
+def size_problem(path: Path, width: int, height: int) -> str | None:
+    """A mismatch between the image's real size and the record's width/height (masks and boxes use them)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.size != (width, height):
+            return f"image size {img.width}x{img.height} differs from the record's width x height {width}x{height}"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
+    from pancapchain.cli import preflight
     from pancapchain.data.io import atomic_write_json, load_samples
     from pancapchain.data.schema import SampleError, resolve_image
     from pancapchain.train.dataset import image_problem
 
-    data = Path(args.data)
-    root = Path(args.image_root) if args.image_root else data.parent
+    data = preflight.existing_file(args.data, "--data")
+    root = preflight.existing_dir(args.image_root, "--image-root") if args.image_root else data.parent
+    preflight.output_file(data.with_suffix(".validation.json"), "report file")
     samples, report = load_samples(data)
     kept = 0
     for sample in samples:
         try:
-            problem = image_problem(resolve_image(root, sample.image, sample.id))
+            path = resolve_image(root, sample.image, sample.id)
+            problem = image_problem(path) or size_problem(path, sample.width, sample.height)
         except SampleError as err:
             problem = f"bad image path: {err.problem}"
         if problem:

@@ -15,7 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pancapchain.infer.visualize import visualize
+    from pancapchain.cli import preflight
+
+    preflight.existing_file(args.pred, "--pred")
+    preflight.existing_dir(args.images, "--images")
+    preflight.output_dir(args.out, "--out")
+    preflight.at_least(args.limit, 0, "--limit")
+    from pancapchain.infer.visualize import visualize  # heavy (torch): only after the checks
 
     report = visualize(args.pred, args.images, args.out, args.limit)
     print(report.summary())

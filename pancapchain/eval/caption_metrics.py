@@ -1,24 +1,24 @@
 """Caption metrics in pure Python: BLEU-4, CIDEr-D, ROUGE-L (coco-caption definitions); METEOR 1.5 via Java.
 
 Inputs are ``{image_id: [reference, ...]}`` and ``{image_id: hypothesis}``; inline boxes should be removed
-first (the runner uses the caption parser's ``strip_boxes``). Tokenisation is a Java-free stand-in for the
-PTB tokenizer: lower case, punctuation removed, split on whitespace; so values can differ slightly from
-pycocoevalcap's.
+first (the runner uses the caption parser's ``strip_boxes``). Tokenisation is coco-caption's: PTB rules,
+lower case, its punctuation list removed (pure Python, :mod:`pancapchain.eval.ptb_tokenizer`).
 
 * BLEU-4: corpus BLEU, n-gram counts clipped by the maximum count in any reference, brevity penalty with
   the reference length closest to each hypothesis, geometric mean of the 1..4-gram precisions.
 * CIDEr-D: tf-idf n-gram vectors (n = 1..4, document frequencies from the references of the whole set),
   clipped cosine (min(h, r) * r), Gaussian length penalty sigma = 6, mean over n and references, x10.
 * ROUGE-L: longest common subsequence, max precision and max recall over references, F with beta = 1.2.
-* METEOR: only when ``java`` is on PATH and the METEOR 1.5 jar is found (shipped by the optional PyPI
-  package pycocoevalcap, or given by path); otherwise it is skipped and the reason is reported.
+* METEOR: only when ``java`` is on PATH and the METEOR 1.5 jar is found: ``--meteor-jar PATH``, else the
+  environment variable ``PANCAPCHAIN_METEOR_JAR``, else the copy inside an installed pycocoevalcap;
+  otherwise it is skipped and the reason is reported.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import re
+import os
 import shutil
 import subprocess
 import threading
@@ -26,12 +26,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-_PUNCT_RE = re.compile(r"[^\w\s]")
+from pancapchain.eval.ptb_tokenizer import tokenize
 
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens with punctuation removed."""
-    return _PUNCT_RE.sub(" ", text.lower()).split()
+METEOR_JAR_ENV = "PANCAPCHAIN_METEOR_JAR"
 
 
 def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
@@ -161,9 +158,10 @@ def rouge_l(refs: Mapping[str, Sequence[str]], hyps: Mapping[str, str], beta: fl
 
 
 def find_meteor_jar(explicit: str | Path | None = None) -> Path | None:
-    """The METEOR 1.5 jar: an explicit path, else the copy inside an installed pycocoevalcap."""
+    """The METEOR 1.5 jar: an explicit path, else $PANCAPCHAIN_METEOR_JAR, else pycocoevalcap's copy."""
+    explicit = explicit or os.environ.get(METEOR_JAR_ENV, "").strip()
     if explicit:
-        path = Path(explicit)
+        path = Path(explicit).expanduser()
         return path if path.is_file() else None
     spec = importlib.util.find_spec("pycocoevalcap")
     for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -179,7 +177,9 @@ def meteor_status(jar: str | Path | None = None) -> tuple[bool, str]:
         return False, "METEOR skipped: java is not on PATH"
     found = find_meteor_jar(jar)
     if found is None:
-        return False, "METEOR skipped: meteor-1.5.jar not found (pip install pycocoevalcap, or --meteor-jar)"
+        where = f" at {jar or os.environ.get(METEOR_JAR_ENV)}" if (jar or os.environ.get(METEOR_JAR_ENV)) else ""
+        return False, (f"METEOR skipped: meteor-1.5.jar not found{where} (--meteor-jar PATH or "
+                       f"{METEOR_JAR_ENV}=PATH; the jar ships in the PyPI package pycocoevalcap)")
     return True, f"METEOR 1.5 ({found})"
 
 

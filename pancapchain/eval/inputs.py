@@ -145,8 +145,27 @@ def load_predictions(path: str | Path) -> tuple[dict[str, Prediction], SkipRepor
     return found, report
 
 
+def _pretty_printed_object(path: Path) -> bool:
+    """True when the file is one JSON object spread over several lines (not JSONL, not an array)."""
+    with path.open(encoding="utf-8") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        json.loads(first)
+        return False
+    except json.JSONDecodeError:
+        pass
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _iter_prediction_objects(path: Path, report: SkipReport):
-    if _first_char(path) != "[":
+    first = _first_char(path)
+    if first == "{" and _pretty_printed_object(path):
+        raise SampleError(str(path), "one JSON object spread over several lines, not predictions: give JSONL "
+                          "(one {\"id\", \"caption\"} object per line) or a JSON array of such objects")
+    if first != "[":
         yield from iter_jsonl(path, report)
         return
     try:

@@ -3,12 +3,12 @@
 Each finished image is one JSON line appended with a single ``write`` + ``fsync``. A run killed midway
 leaves at most one partial last line; on restart it is cut off, ids already written are skipped, and the
 rest is appended, so nothing is duplicated or lost.
+
+Resume touches only files pancapchain wrote (see :mod:`pancapchain.infer.resume`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +18,10 @@ from tqdm import tqdm
 
 from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.schema import SampleError, resolve_image
+from pancapchain.errors import UserError
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
+from pancapchain.infer.resume import append_line, finished_ids
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -50,33 +52,6 @@ def list_items(data: str | Path, image_root: str | Path | None, report: SkipRepo
     return items
 
 
-def finished_ids(out: Path) -> set[str]:
-    """Ids already in ``out``; a partial last line (a killed run) is cut off first."""
-    if not out.is_file():
-        return set()
-    data = out.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep != len(data):
-        with out.open("r+b") as fh:
-            fh.truncate(keep)
-    ids = set()
-    for line in data[:keep].splitlines():
-        if line.strip():
-            ids.add(json.loads(line)["id"])
-    return ids
-
-
-def append_line(out: Path, row: dict) -> None:
-    """One whole line per ``write`` call on an O_APPEND descriptor, then fsync."""
-    payload = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _batches(items: list[InferItem], size: int) -> Iterator[list[InferItem]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -105,6 +80,8 @@ def run_inference(
 
     ``plan``: which stages run (``pancapchain.infer.chain.PLANS``: chain, no-discover, direct).
     """
+    if batch_size < 1:
+        raise UserError(f"batch size {batch_size}: must be >= 1")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = SkipReport(what="images")

@@ -11,12 +11,16 @@ Commands (one per line; works interactively and from piped stdin)::
     redo [sample]              generate the current stage again (greedy, or sampled with a new seed)
     save FILE                  write the session (every stage, raw and parsed, edits marked) as JSON
     help / quit
+
+A bad command prints one ``error:`` line and the session goes on (its state is kept); so does an internal
+error, reported as such. Ctrl-C stops the running command in an interactive session.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +31,7 @@ from pancapchain.constants import STAGES
 from pancapchain.data.io import atomic_write_json
 from pancapchain.data.schema import SampleError, validate_box
 from pancapchain.data.stages import StageItem
+from pancapchain.errors import is_user_error, one_line
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
 
@@ -36,8 +41,12 @@ class ChatError(ValueError):
 
 
 class ChatSession:
-    def __init__(self, chain: PancapChain, options: GenerationOptions | None = None, out: TextIO = sys.stdout):
+    def __init__(
+        self, chain: PancapChain, options: GenerationOptions | None = None, out: TextIO = sys.stdout,
+        debug: bool = False,
+    ):
         self.chain = chain
+        self.debug = debug
         self.options = options or GenerationOptions()
         self.out = out
         self.state: ChainState | None = None
@@ -57,10 +66,12 @@ class ChatSession:
         return STAGES[self.stage_index]
 
     def items(self) -> list[StageItem]:
-        return list(self.state.outputs[self.stage].items)
+        stage = self.stage  # raises ChatError before an image is loaded or a stage has run
+        return list(self.state.outputs[stage].items)
 
     def show(self) -> None:
-        out = self.state.outputs[self.stage]
+        stage = self.stage
+        out = self.state.outputs[stage]
         flags = " (truncated)" if out.truncated else ""
         flags += " (edited)" if out.edited else ""
         self.say(f"[{self.stage_index + 1}/4 {self.stage}]{flags}")
@@ -140,6 +151,11 @@ class ChatSession:
     def cmd_save(self, path: str) -> None:
         if self.state is None:
             raise ChatError("nothing to save: no image loaded")
+        target = Path(path)
+        if target.is_dir():
+            raise ChatError(f"cannot save to {path}: it is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise ChatError(f"cannot save to {path}: folder {target.parent} does not exist (create it first)")
         result = self.chain.result(self.state)
         result["edited_stages"] = [s for s, o in self.state.outputs.items() if o.edited]
         atomic_write_json(path, result)
@@ -162,12 +178,15 @@ class ChatSession:
         try:
             return validate_box([float(v) for v in text.split(",")], "chat", "box")
         except (ValueError, SampleError) as err:
-            raise ChatError(f"bad box {text!r}: {err}") from None
+            raise ChatError(f"bad box {text!r}: {getattr(err, 'problem', err)}") from None
 
     # ---------------------------------------------------------------------------------------- loop
     def handle(self, line: str) -> bool:
         """Run one command line; returns False on ``quit``."""
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as err:  # e.g. an unbalanced quote
+            raise ChatError(f"cannot read the command ({err}); close the quote or drop it") from None
         if not words:
             return True
         name, args = words[0].lower(), words[1:]
@@ -186,6 +205,7 @@ class ChatSession:
         return True
 
     def loop(self, stdin: TextIO = sys.stdin) -> int:
+        """Read and run commands until ``quit`` or end of input; 1 when a piped session had errors."""
         interactive = stdin.isatty()
         errors = 0
         while True:
@@ -196,7 +216,19 @@ class ChatSession:
                 return 0 if errors == 0 or interactive else 1
             try:
                 if not self.handle(line):
-                    return 0
-            except (ChatError, OSError) as err:
+                    return 0 if errors == 0 or interactive else 1
+            except KeyboardInterrupt:
+                if not interactive:
+                    raise
+                self.say("interrupted; the session is kept (`quit` to leave)")
+            except Exception as err:  # the session survives every command, its state is kept
                 errors += 1
-                self.say(f"error: {err}")
+                self._report(err)
+
+    def _report(self, err: Exception) -> None:
+        if self.debug:
+            traceback.print_exception(err, file=self.out)
+        if is_user_error(err):
+            self.say(f"error: {one_line(err)}")
+        else:
+            self.say(f"internal error (a pancapchain bug; the session is kept): {type(err).__name__}: {err}")

@@ -63,7 +63,7 @@ def ground_dataset(
     root = Path(image_root) if image_root else Path(data).parent
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = finished_ids(out)
+    done = finished_ids(out, command="ground")
     for sample in tqdm([s for s in samples if s.id not in done], desc="ground", unit="img"):
         try:
             with Image.open(resolve_image(root, sample.image, sample.id)) as img:

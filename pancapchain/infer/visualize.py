@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from pancapchain.data.io import SkipReport, atomic_write_text, iter_jsonl
 from pancapchain.data.schema import SampleError, resolve_image
+from pancapchain.errors import UserError
 from pancapchain.mask.rle import decode_rle
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -51,13 +52,17 @@ def draw_prediction(image: Image.Image, pred: dict) -> Image.Image:
 
 
 def visualize(pred_path: str | Path, image_root: str | Path, out_dir: str | Path, limit: int = 0) -> SkipReport:
-    """Write ``out_dir/<id>.png`` per prediction and ``out_dir/index.html``; unreadable rows are reported."""
+    """Write ``out_dir/<id>.png`` per prediction and ``out_dir/index.html``; unreadable rows are reported.
+
+    Raises UserError, creating nothing, when no picture at all can be drawn (no rows, no image found).
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report = SkipReport(what="predictions")
     rows = [obj for _, obj in iter_jsonl(pred_path, report)]
     if limit > 0:
         rows = rows[:limit]
+    if not rows:
+        raise UserError(f"--pred {pred_path}: no prediction rows to draw ({report.n_skipped} malformed lines)")
     cards = []
     for pred in tqdm(rows, desc="pictures", unit="img"):
         pid = str(pred.get("id", "?"))
@@ -69,9 +74,14 @@ def visualize(pred_path: str | Path, image_root: str | Path, out_dir: str | Path
             report.skip(pid, f"{type(err).__name__}: {err}")
             continue
         name = pid.replace("/", "_") + ".png"
+        out_dir.mkdir(parents=True, exist_ok=True)
         picture.save(out_dir / name)
         cards.append(_card(name, pred))
     report.kept = len(cards)
+    if not cards:
+        first = report.skipped[-1] if report.skipped else ("?", "?")
+        raise UserError(f"no picture drawn: none of the {len(rows)} predictions could be drawn from --images "
+                        f"{image_root} (e.g. {first[0]}: {first[1]}); check --images")
     atomic_write_text(out_dir / "index.html", _page(cards, Path(pred_path).name))
     return report
 

@@ -11,6 +11,7 @@ import argparse
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pancapchain.config import ConfigError, RecipeConfig, active_stages, load_re
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import load_prompts
+from pancapchain.errors import TrainingInterrupted, debug_requested, run_guarded
 from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
 from pancapchain.model.build import build_trainable, projector_parameter_names, runtime_choices, select_dtype
@@ -31,6 +33,7 @@ from pancapchain.model.checkpoint import CheckpointWriter, checkpoint_meta
 from pancapchain.train.budget import WallClockBudget
 from pancapchain.train.collator import PancapCollator
 from pancapchain.train.dataset import build_stage_dataset, collect_stage_examples
+from pancapchain.train.interrupt import StopOnInterrupt
 from pancapchain.train.trainer import NonFiniteLossError, PancapTrainer
 
 log = logging.getLogger("pancapchain.train")
@@ -204,8 +207,19 @@ def run_training(cfg: RecipeConfig) -> dict:
     # DeepSpeed inference engine, and train() would then never create the training engine.
     start_eval = run.val_ds is not None and resume is None
     trainer.args.eval_on_start = start_eval
+    if resume is not None:
+        print(f"resuming from {resume} (train.resume={cfg.train.resume}; train.resume=never starts over)", flush=True)
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume)
+    stopper = StopOnInterrupt()
+    trainer.add_callback(stopper)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stopper.restore()
+    if stopper.requested:
+        raise TrainingInterrupted(
+            f"training stopped by Ctrl-C after step {stopper.step} of {trainer.state.max_steps}; checkpoint "
+            f"{out / f'checkpoint-{stopper.step}'} is complete: rerun the same command to resume from it")
     if start_eval:
         metrics["eval_loss_start"] = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     metrics.update({"train_" + k.removeprefix("train_"): v for k, v in result.metrics.items()})
@@ -232,15 +246,21 @@ def _resume_point(cfg: RecipeConfig, out: Path) -> str | None:
     return mode
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "train.py", debug: bool = False) -> int:
+    """Parse, pre-flight, train; user errors and Ctrl-C follow :mod:`pancapchain.errors` (exit 2 / 130)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv, debug_flag = debug_requested(list(sys.argv[1:] if argv is None else argv))
     recipe, overrides = parse_args(argv)
+    return run_guarded(lambda: _train(recipe, overrides), prog, debug or debug_flag)
+
+
+def _train(recipe: str, overrides: list[str]) -> int:
+    from pancapchain.cli import preflight
+
+    cfg = load_recipe(preflight.recipe_file(recipe), overrides)
+    preflight.training_paths(cfg)
     try:
-        cfg = load_recipe(recipe, overrides)
         metrics = run_training(cfg)
-    except ConfigError as err:
-        log.error("%s", err)
-        return 2
     except NonFiniteLossError as err:  # the message names the step and the samples; no NaN weight was saved
         log.error("%s", err)
         return 3

@@ -17,6 +17,7 @@ COMMANDS = (
     "prepare",
     "infer",
     "chat",
+    "serve",
     "visualize",
     "ground",
     "segcap",

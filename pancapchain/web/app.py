@@ -46,7 +46,7 @@ def build_app(actions: DemoActions) -> gr.Blocks:
             with gr.Column(scale=1):
                 picture = gr.Image(label="overlay", type="pil", format="png", interactive=False, elem_id="overlay")
                 caption = gr.HighlightedText(label="caption (phrases in their box colour)", combine_adjacent=False,
-                                             show_legend=False, elem_id="caption")
+                                             show_legend=False, show_inline_category=False, elem_id="caption")
                 with gr.Row():
                     json_button = gr.DownloadButton("download session JSON", elem_id="download-json")
                     png_button = gr.DownloadButton("download overlay PNG", elem_id="download-png")

@@ -163,17 +163,17 @@ class DemoActions:
         if result is not None:
             page.caption, page.colors = view.highlighted_caption(result)
         if session.state is not None:
-            page.session_json, page.overlay_png = self._downloads(session, page.picture, write)
+            page.session_json, page.overlay_png = self._downloads(session, stage, write)
         return page
 
-    def _downloads(self, session: DemoSession, picture: Image.Image, write: bool) -> tuple[str, str]:
+    def _downloads(self, session: DemoSession, stage: str | None, write: bool) -> tuple[str, str]:
         """The session JSON (``chat``'s save format) and the overlay PNG, rewritten after every change."""
         name = re.sub(r"[^\w.-]+", "_", session.state.id) or "image"
         json_path, png_path = session.folder / f"{name}.json", session.folder / f"{name}.png"
         if write or not json_path.is_file():
             session.save(json_path)
             tmp = png_path.with_name(f".{png_path.name}.tmp")
-            picture.save(tmp, format="PNG")
+            view.overlay(session, stage, caption=True).save(tmp, format="PNG")
             tmp.replace(png_path)
         return str(json_path), str(png_path)
 

@@ -72,13 +72,15 @@ def stage_prediction(session: ChainSession, stage: str) -> dict:
     return {"id": state.id, "entities": entities, "masks": [], "caption": ""}
 
 
-def overlay(session: ChainSession, stage: str | None) -> Image.Image | None:
-    """The image with the boxes, tags and masks known after ``stage`` (the bare image before stage 1)."""
+def overlay(session: ChainSession, stage: str | None, caption: bool = False) -> Image.Image | None:
+    """The image with the boxes, tags and masks known after ``stage`` (the bare image before stage 1).
+
+    ``caption``: the caption text below the picture (the downloaded PNG; the page shows it beside it).
+    """
     if session.state is None:
         return None
-    if stage is None:
-        return draw_prediction(session.state.image, {"entities": [], "caption": ""})
-    return draw_prediction(session.state.image, stage_prediction(session, stage))
+    pred = stage_prediction(session, stage) if stage is not None else {"entities": []}
+    return draw_prediction(session.state.image, {**pred, "caption": pred.get("caption", "") if caption else ""})
 
 
 def color_hex(index: int) -> str:

@@ -139,10 +139,10 @@ def _body(meta: dict, evals: list[EvalMetrics], name: str, data: ModelCardData, 
         f"- LoRA r {lora.get('r')} / alpha {lora.get('alpha')}; learning rate {rtrain.get('learning_rate')}, "
         f"projector {rtrain.get('projector_lr')}; epochs {rtrain.get('epochs')}, max steps {rtrain.get('max_steps')}",
         f"- data (the recipe's): train `{rdata.get('train') or '-'}`, validation `{rdata.get('val') or '-'}`",
-        f"- exported from step {meta.get('checkpoint_step')} as {meta.get('dtype')}; versions {meta.get('versions')}",
+        f"- exported from {_step(meta.get('checkpoint_step'))} as {meta.get('dtype')}; versions {meta.get('versions')}",
     ]
-    if train.get("eval_loss_end") is not None:
-        lines.append(f"- eval loss {train.get('eval_loss_start')} -> {train['eval_loss_end']}")
+    if isinstance(train.get("eval_loss_end"), (int, float)):
+        lines.append(f"- eval loss {_loss(train.get('eval_loss_start'))} -> {_loss(train['eval_loss_end'])}")
     lines += ["", "## Evaluation", ""]
     if not evals:
         lines.append("No evaluation given (`pancapchain export --eval DIR` adds `pancapchain eval` results).")
@@ -153,6 +153,14 @@ def _body(meta: dict, evals: list[EvalMetrics], name: str, data: ModelCardData, 
                   "| " + " | ".join(t for _, t in _DIMENSIONS) + " |", "|" + "---:|" * len(_DIMENSIONS),
                   "| " + " | ".join(_fmt((scores.get(d) or {}).get("f1")) for d, _ in _DIMENSIONS) + " |", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _step(step) -> str:
+    return f"step {step}" if step is not None else "the run's final weights"
+
+
+def _loss(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
 
 
 def _fmt(value) -> str:

@@ -21,6 +21,7 @@ COMMANDS = (
     "prepare",
     "infer",
     "chat",
+    "serve",
     "visualize",
     "ground",
     "segcap",

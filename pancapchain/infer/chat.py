@@ -27,47 +27,33 @@ from typing import TextIO
 
 from PIL import Image
 
-from pancapchain.constants import STAGES
-from pancapchain.data.io import atomic_write_json
-from pancapchain.data.schema import SampleError, validate_box
 from pancapchain.data.stages import StageItem
 from pancapchain.errors import is_user_error, one_line
-from pancapchain.infer.chain import ChainState, PancapChain
+from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import GenerationOptions
+from pancapchain.infer.session import ChainSession, SessionError
+
+# A command that cannot be carried out; the REPL prints it and waits for the next one.
+ChatError = SessionError
 
 
-class ChatError(ValueError):
-    """A command that cannot be carried out; the REPL prints it and waits for the next one."""
+class ChatSession(ChainSession):
+    """Text commands over a ``ChainSession`` (which holds the state and the edit semantics)."""
 
+    HINTS = {"image": "use `image PATH`", "next": "use `next`",
+             "done": "`save FILE`, `redo`, or load another image"}
 
-class ChatSession:
     def __init__(
         self, chain: PancapChain, options: GenerationOptions | None = None, out: TextIO = sys.stdout,
         debug: bool = False,
     ):
-        self.chain = chain
+        super().__init__(chain, options)
         self.debug = debug
-        self.options = options or GenerationOptions()
         self.out = out
-        self.state: ChainState | None = None
-        self.features = None
-        self.stage_index = -1  # index in STAGES of the last stage that ran
 
     # ------------------------------------------------------------------------------------ helpers
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
-
-    @property
-    def stage(self) -> str:
-        if self.state is None:
-            raise ChatError("no image loaded: use `image PATH`")
-        if self.stage_index < 0:
-            raise ChatError("no stage has run yet: use `next`")
-        return STAGES[self.stage_index]
-
-    def items(self) -> list[StageItem]:
-        stage = self.stage  # raises ChatError before an image is loaded or a stage has run
-        return list(self.state.outputs[stage].items)
 
     def show(self) -> None:
         stage = self.stage
@@ -88,32 +74,19 @@ class ChatSession:
     # ----------------------------------------------------------------------------------- commands
     def cmd_image(self, path: str) -> None:
         with Image.open(path) as img:
-            self.state = ChainState(Path(path).stem, img.convert("RGB"))
-        self.features = self.chain.encode([self.state])
-        self.stage_index = -1
+            self.load(img, Path(path).stem)
         self.say(f"loaded {path} ({self.state.width}x{self.state.height}); `next` runs stage 1 (localize)")
 
     def cmd_next(self) -> None:
-        if self.state is None:
-            raise ChatError("no image loaded: use `image PATH`")
-        if self.stage_index == len(STAGES) - 1:
-            raise ChatError("all four stages are done: `save FILE`, `redo`, or load another image")
-        self.stage_index += 1
-        self._generate(self.options)
+        self.next_stage()
+        self.show()
 
     def cmd_redo(self, mode: str = "") -> None:
         options = self.options
         if mode == "sample":
             options = replace(self.options, do_sample=True, seed=self.options.seed + 1)
             self.options = options
-        self._generate(options)
-
-    def _generate(self, options: GenerationOptions) -> None:
-        stage = self.stage
-        for later in STAGES[self.stage_index :]:
-            self.state.outputs.pop(later, None)
-        self.chain.generator.seed = options.seed
-        self.chain.run_stage(stage, [self.state], self.features, options)
+        self.regenerate(options=options)
         self.show()
 
     def cmd_edit(self, index: str, assignment: str) -> None:
@@ -137,10 +110,7 @@ class ChatSession:
         self._replace(self.items() + [StageItem(tag if self.stage != "localize" else None, (self._box(args[-1]),))])
 
     def cmd_set(self, *words: str) -> None:
-        if self.stage == "caption":
-            raise ChatError("the caption is free text: `redo` it, or edit the stages before it")
-        prompt = self.state.outputs[self.stage].prompt
-        self.chain.set_output(self.state, self.stage, " ".join(words), prompt, edited=True)
+        self.set_text(" ".join(words))
         self.show()
 
     def cmd_remove(self, index: str) -> None:
@@ -156,15 +126,11 @@ class ChatSession:
             raise ChatError(f"cannot save to {path}: it is a folder; give a file name")
         if not target.parent.is_dir():
             raise ChatError(f"cannot save to {path}: folder {target.parent} does not exist (create it first)")
-        result = self.chain.result(self.state)
-        result["edited_stages"] = [s for s, o in self.state.outputs.items() if o.edited]
-        atomic_write_json(path, result)
+        self.save(path)
         self.say(f"saved {path}")
 
     def _replace(self, items: list[StageItem]) -> None:
-        if self.stage == "caption":
-            raise ChatError("the caption is free text: `redo` it, or edit the stages before it")
-        self.chain.set_items(self.state, self.stage, items)
+        self.replace_items(items)
         self.show()
 
     @staticmethod
@@ -175,10 +141,7 @@ class ChatSession:
 
     @staticmethod
     def _box(text: str):
-        try:
-            return validate_box([float(v) for v in text.split(",")], "chat", "box")
-        except (ValueError, SampleError) as err:
-            raise ChatError(f"bad box {text!r}: {getattr(err, 'problem', err)}") from None
+        return ChainSession.parse_box(text, "chat")
 
     # ---------------------------------------------------------------------------------------- loop
     def handle(self, line: str) -> bool:

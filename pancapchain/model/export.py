@@ -3,8 +3,9 @@
 The export is what plain ``transformers`` loads (``AutoModelForImageTextToText`` + ``AutoProcessor``): the LoRA
 merged into the base with peft's ``merge_and_unload``, the trained ``modules_to_save`` (projector) inside it,
 safetensors in the requested dtype, the processor (tokenizer, chat template, image processor), the generation
-config, ``recipe.yaml``, ``pancap_meta.json`` (``format: pancapchain-export/1``) and any extra trained module
-saved beside the adapter as ``<name>.safetensors`` + ``<name>.json`` (e.g. a mask head), copied byte for byte.
+config, ``recipe.yaml``, ``pancap_meta.json`` (``format: pancapchain-export/1``), any extra trained module
+saved beside the adapter as ``<name>.safetensors`` + ``<name>.json`` (e.g. a mask head), copied byte for byte,
+and ``README.md``, a Hub model card (``model_card.py``).
 
 Any checkpoint folder works (``out/`` or ``out/checkpoint-N``). A checkpoint trained on a 4-bit base is merged
 into the base reloaded unquantized in the requested dtype; a base stored quantized is refused.
@@ -29,9 +30,10 @@ from safetensors import safe_open
 from transformers import AutoProcessor, LlavaForConditionalGeneration, ProcessorMixin
 
 import pancapchain
-from pancapchain.data.io import atomic_write_json
+from pancapchain.data.io import atomic_write_json, atomic_write_text
 from pancapchain.model.checkpoint import META_FILE, RECIPE_FILE, CheckpointError, base_path_of, read_meta
 from pancapchain.model.merge import ADAPTER_WEIGHT_FILES, MergeReport, merge_lora
+from pancapchain.model.model_card import CardOptions, export_card
 from pancapchain.model.staging import check_output_dir, staged_output
 
 EXPORT_FORMAT = "pancapchain-export/1"
@@ -238,6 +240,7 @@ def export_checkpoint(
     force: bool = False,
     base: str | Path | None = None,
     echo: Callable[[str], None] = print,
+    card: CardOptions | None = None,
 ) -> ExportResult:
     """Merge ``checkpoint`` into a standalone folder at ``out`` (see the module docstring for its contents)."""
     if dtype not in EXPORT_DTYPES:
@@ -252,12 +255,15 @@ def export_checkpoint(
             f"unquantized in {dtype} from {info.base}, never into quantized weights"
         )
     echo(f"merging {info.path} (step {info.step}) into {info.base or 'its own full weights'} as {dtype}")
+    meta = export_meta(info, dtype, None)
+    export_card(info.path, meta, out.name, card)  # a bad --eval stops the export here, before the merge
     model, report = load_merged(info, EXPORT_DTYPES[dtype])
     if report is not None:
         echo(report.summary())
     processor = load_export_processor(info, echo)
     _fill_generation_ids(model, processor)
     meta = export_meta(info, dtype, report)
+    model_card = export_card(info.path, meta, out.name, card)
     with staged_output(out, force, inputs) as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -267,5 +273,6 @@ def export_checkpoint(
             shutil.copy2(module.config, staging / module.config.name)
             echo(f"copied extra module {module.name!r} ({module.weights.name}, {module.config.name})")
         atomic_write_json(staging / META_FILE, meta)
+        atomic_write_text(staging / "README.md", str(model_card))
     echo(f"export written to {out}")
     return ExportResult(out, meta, report)

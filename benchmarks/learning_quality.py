@@ -73,14 +73,17 @@ def train(proto: Protocol, variant: Variant, data: dict[str, Path], out: Path) -
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, batch_size: int) -> dict:
+def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, batch_size: int,
+          rescore_only: bool = False) -> dict:
+    """Infer the held-out set with the variant's plan and score it (``rescore_only``: score existing preds)."""
     run_dir, tag = out / "runs" / variant.name, f"{variant.name}_{eval_set}"
     preds = out / "preds" / f"{tag}.jsonl"
-    preds.parent.mkdir(parents=True, exist_ok=True)
-    preds.unlink(missing_ok=True)
-    plan_flag = {"chain": [], "direct": ["--direct"], "no-discover": ["--skip-discover"]}[variant.plan]
-    run([sys.executable, "-m", "pancapchain", "infer", "--model", str(run_dir), "--data", str(data[eval_set]),
-         "--out", str(preds), "--batch-size", str(batch_size), *plan_flag], out / f"infer_{tag}.log")
+    if not rescore_only:
+        preds.parent.mkdir(parents=True, exist_ok=True)
+        preds.unlink(missing_ok=True)
+        plan_flag = {"chain": [], "direct": ["--direct"], "no-discover": ["--skip-discover"]}[variant.plan]
+        run([sys.executable, "-m", "pancapchain", "infer", "--model", str(run_dir), "--data", str(data[eval_set]),
+             "--out", str(preds), "--batch-size", str(batch_size), *plan_flag], out / f"infer_{tag}.log")
     run([sys.executable, "-m", "pancapchain", "eval", "--pred", str(preds), "--gt", str(data[eval_set]),
          "--out", str(out / "eval" / tag), "--no-caption-metrics"], out / f"eval_{tag}.log")
     metrics = json.loads((out / "eval" / tag / "metrics.json").read_text())
@@ -118,6 +121,8 @@ def main() -> int:
     parser.add_argument("--variants", default="", help="comma-separated subset (default: all of the protocol)")
     parser.add_argument("--budget-seconds", type=float, default=0, help="override the protocol's training budget")
     parser.add_argument("--force", action="store_true", help="redo variants that already have results")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the existing predictions again with the current evaluation code (no training)")
     parser.add_argument("--row", nargs=3, metavar=("RUN", "PREDS", "EVAL_DIR"),
                         help="only print the table row of an existing chain run (used by scripts/demo.sh)")
     args = parser.parse_args()
@@ -140,7 +145,12 @@ def main() -> int:
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() and not args.force else {}
     data = make_data(proto, out)
-    for name in names:
+    for name in names if args.rescore else []:
+        for eval_set in results.get(name, {}).get("sets", {}):
+            print(f"== {name}: rescore {eval_set}", flush=True)
+            results[name]["sets"][eval_set] = score(proto.variants[name], eval_set, data, out, 0, rescore_only=True)
+        atomic_write_json(results_file, results)
+    for name in names if not args.rescore else []:
         if name in results and results[name].get("budget_seconds") == proto.budget_seconds:
             print(f"== {name}: done before (results.json), skipped; --force redoes it", flush=True)
             continue

@@ -259,7 +259,7 @@ def _metrics(images: list[ImageResult], options: EvalOptions, embedder: Embedder
         "image_status": status_counts,
         "images_with_warnings": sum(1 for r in images if r.warnings),
         "embedder": embedder.name,
-        "synonyms": wordnet_status(),
+        "synonyms": wordnet_status(options.match.use_wordnet),
         "notes": [mode_note, *notes],
         "skipped": {"gt": gt_report.to_dict(), "predictions": pred_report.to_dict()},
         "options": options.to_dict(),

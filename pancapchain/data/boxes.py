@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from pancapchain.constants import BOX_CLOSE, BOX_FORMATS, BOX_GRID, BOX_OPEN, LOC_BINS
 from pancapchain.data.schema import Box
 
@@ -148,3 +150,24 @@ def box_iou(a: Box, b: Box) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def box_iou_matrix_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every pair of xyxy boxes in float32, step by step as torchvision's ``box_iou`` (the official
+    matcher's arithmetic): ``a`` (N, 4), ``b`` (M, 4) -> (N, M) float32; 0 where the union is empty.
+
+    float32 matters: clipped boxes often overlap by exactly half, and float32 and float64 round such IoUs
+    to different sides of 0.5 (e.g. (0, .1, .6, 1) vs (0, .1, .3, 1): 0.5 in float64, 0.49999994 in float32).
+    """
+    a = np.asarray(a, dtype=np.float32).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.maximum(rb - lt, np.float32(0))
+    inter = wh[:, :, 0] * wh[:, :, 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    out = np.zeros(union.shape, dtype=np.float32)
+    np.divide(inter, union, out=out, where=union > 0)
+    return out

@@ -7,8 +7,8 @@ For every (GT entity g, predicted entity p) pair a cost is set by the first rule
     cos(embed(tag_g), embed(tag_p)) >= 0.5 -> -embed_weight * cos        (-10 * cos)
     otherwise                              -> unmatched_cost             (1e6)
 
-and when the cost is negative and both have a box with IoU >= 0.5, the IoU is subtracted and the pair is
-flagged "location ok". scipy's Hungarian solver (linear_sum_assignment) minimises the total cost; assigned
+and when the cost is negative and both have a box with IoU >= 0.5 (computed in float32, as torchvision's
+box_iou), the IoU is subtracted and the pair is flagged "location ok". scipy's Hungarian solver (linear_sum_assignment) minimises the total cost; assigned
 pairs with a negative cost are the matches. Tag P/R = matches / |P| and matches / |G|; location P/R =
 location-ok matches / boxes on each side (0 when a side has no box).
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pancapchain.data.boxes import box_iou
+from pancapchain.data.boxes import box_iou_matrix_f32
 from pancapchain.data.schema import Box
 from pancapchain.eval.embed import Embedder, cosine_matrix
 from pancapchain.eval.scores import PERFECT, PRF, ZERO
@@ -156,12 +156,15 @@ def match_cost_matrix(
     """The official cost matrix (|G|, |P|) and the boolean location-ok matrix of the same shape."""
     cost = _semantic_costs([e.tag for e in gt], [e.tag for e in pred], embedder, config)
     loc_ok = np.zeros(cost.shape, dtype=bool)
-    for i, g in enumerate(gt):
-        for j, p in enumerate(pred):
-            if cost[i, j] < 0 and g.box is not None and p.box is not None:
-                iou = box_iou(g.box, p.box)
-                if iou >= config.iou_threshold:
-                    cost[i, j] -= iou
+    rows = [i for i, e in enumerate(gt) if e.box is not None]
+    cols = [j for j, e in enumerate(pred) if e.box is not None]
+    if rows and cols:
+        iou = box_iou_matrix_f32(np.array([gt[i].box for i in rows]), np.array([pred[j].box for j in cols]))
+        for r, i in enumerate(rows):
+            for c, j in enumerate(cols):
+                # float32 IoU compared with the threshold, as the official torch code does
+                if cost[i, j] < 0 and iou[r, c] >= np.float32(config.iou_threshold):
+                    cost[i, j] -= float(iou[r, c])
                     loc_ok[i, j] = True
     return cost, loc_ok
 

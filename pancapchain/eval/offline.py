@@ -157,9 +157,9 @@ def _sentence_items(items: OfflineItems, sentence: str, group: list[int], tags: 
         items.globals.append(sentence)
 
 
-def items_from_caption(caption: str, width: int = 1000, height: int = 1000) -> OfflineItems:
+def items_from_caption(caption: str, width: int = 1000, height: int = 1000, box_rules: str = "official") -> OfflineItems:
     """Entities (one per distinct box) and sentence-level items of a caption; never raises."""
-    parsed = parse_caption(caption, width, height)
+    parsed = parse_caption(caption, width, height, box_rules)
     pairs = caption_entities(parsed)
     tags = [tag.strip() or UNNAMED_TAG for tag, _ in pairs]
     items = OfflineItems([TaggedEntity(t, box) for t, (_, box) in zip(tags, pairs)])
@@ -196,10 +196,10 @@ def has_structure(sample: PanopticSample) -> bool:
     return bool(sample.relations or sample.global_state or any(e.attributes for e in sample.entities))
 
 
-def items_from_sample(sample: PanopticSample) -> OfflineItems:
+def items_from_sample(sample: PanopticSample, box_rules: str = "official") -> OfflineItems:
     """GT items from the structured fields when present, otherwise from the sample's caption."""
     if not has_structure(sample) and sample.caption.strip():
-        return items_from_caption(sample.caption, sample.width, sample.height)
+        return items_from_caption(sample.caption, sample.width, sample.height, box_rules)
     position = {e.id: i for i, e in enumerate(sample.entities)}
     items = OfflineItems(
         [TaggedEntity(e.tag.lower().strip() or UNNAMED_TAG, e.box) for e in sample.entities],

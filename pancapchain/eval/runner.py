@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pancapchain.data.boxes import BoxCodec, find_box_groups
+from pancapchain.data.boxes import BoxCodec, find_box_groups, group_frame
 from pancapchain.data.caption_parser import strip_boxes
 from pancapchain.data.io import SkipReport
 from pancapchain.eval.caption_metrics import caption_metrics
@@ -44,6 +44,7 @@ class EvalOptions:
     judge_max_new_tokens: int = 2048
     judge_device: str = "cpu"
     judge_cache: str | None = None  # default OUT/judge_cache; share one folder to reuse GT-side answers
+    box_rules: str = "official"  # how caption box groups are read: "official" (step 0) or "lenient"
     caption_metrics: bool = True
     meteor: bool = True
     meteor_jar: str | None = None
@@ -67,7 +68,7 @@ class _Pair:
 
 
 def _align(
-    gts: list[GTRecord], preds: dict[str, Prediction], pred_report: SkipReport
+    gts: list[GTRecord], preds: dict[str, Prediction], pred_report: SkipReport, box_rules: str
 ) -> tuple[list[_Pair], dict[str, ImageResult], list[str]]:
     """GT/prediction pairs to score, zero results for the rest, and notes (e.g. size assumptions)."""
     pairs, failed, notes = [], {}, []
@@ -85,7 +86,7 @@ def _align(
             failed[gt.id] = failed_image(gt.id, pred.problem)
             continue
         width, height = gt.width or SQUARE_ASSUMPTION, gt.height or SQUARE_ASSUMPTION
-        if gt.width is None and any(g.is_integer_grid for g in find_box_groups(pred.caption)):
+        if gt.width is None and any(group_frame(g, box_rules) == "grid" for g in find_box_groups(pred.caption)):
             assumed += 1
         pairs.append(_Pair(gt, pred, width, height))
     if assumed:
@@ -96,24 +97,26 @@ def _align(
     return pairs, failed, notes
 
 
-def grid_boxes_to_normalized(text: str, width: int, height: int) -> str:
-    """Rewrite ``<box>[[ints]]</box>`` groups as normalized ``[[x.xxx, ...]]`` (official step 0); other
-    groups are left exactly as written."""
+def grid_boxes_to_normalized(text: str, width: int, height: int, box_rules: str = "official") -> str:
+    """Rewrite the groups ``box_rules`` reads as grid (or bins) as normalized ``[[x.xxx, ...]]`` (official
+    step 0); other groups are left exactly as written."""
     codec = BoxCodec("normalized")
     pieces, last = [], 0
     for group in find_box_groups(text):
-        if group.is_integer_grid:
-            pieces += [text[last : group.start], codec.encode(codec.decode_group(group, width, height), width, height)]
+        if group_frame(group, box_rules) != "normalized":
+            boxes = codec.decode_group(group, width, height, box_rules)
+            pieces += [text[last : group.start], codec.encode(boxes, width, height)]
             last = group.end
     return "".join(pieces) + text[last:]
 
 
 def _offline_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions) -> list[ImageResult]:
     gt_items = [
-        items_from_sample(p.gt.sample) if p.gt.sample else items_from_caption(p.gt.caption, p.width, p.height)
+        items_from_sample(p.gt.sample, options.box_rules) if p.gt.sample
+        else items_from_caption(p.gt.caption, p.width, p.height, options.box_rules)
         for p in pairs
     ]
-    pred_items = [items_from_caption(p.pred.caption, p.width, p.height) for p in pairs]
+    pred_items = [items_from_caption(p.pred.caption, p.width, p.height, options.box_rules) for p in pairs]
     all_tags = sorted({e.tag for items in gt_items + pred_items for e in items.entities})
     if all_tags:
         embedder.encode(all_tags)  # one batched pass; the per-image matching then hits the cache
@@ -136,8 +139,8 @@ def _judge_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
     cache_dir = Path(options.judge_cache) if options.judge_cache else (out_dir / "judge_cache" if out_dir else None)
     cache = JudgeCache(cache_dir, f"{prompts.fingerprint()}|{backend.name}") if cache_dir else None
     images = [
-        JudgeImage(p.gt.id, grid_boxes_to_normalized(p.gt.caption, p.width, p.height),
-                   grid_boxes_to_normalized(p.pred.caption, p.width, p.height))
+        JudgeImage(p.gt.id, grid_boxes_to_normalized(p.gt.caption, p.width, p.height, options.box_rules),
+                   grid_boxes_to_normalized(p.pred.caption, p.width, p.height, options.box_rules))
         for p in pairs
     ]
     results, stats = run_judge(images, backend, prompts, embedder, cache, options.match)
@@ -153,7 +156,7 @@ def _mask_metrics(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
     for p in pairs:
         if p.gt.sample is None:
             continue
-        pred_entities = items_from_caption(p.pred.caption, p.width, p.height).entities
+        pred_entities = items_from_caption(p.pred.caption, p.width, p.height, options.box_rules).entities
         res = evaluate_masks(p.gt.sample, pred_entities, p.pred.masks, embedder, options.match)
         by_id[p.gt.id].warnings.extend(res.warnings)
         if res.miou is not None:
@@ -196,7 +199,7 @@ def evaluate(
     clock = _Stopwatch()
     gts, gt_report = load_gt(gt_path, options.image_root)
     preds, pred_report = load_predictions(pred_path)
-    pairs, failed, notes = _align(gts, preds, pred_report)
+    pairs, failed, notes = _align(gts, preds, pred_report, options.box_rules)
     clock.lap("read inputs")
     embedder = embedder or get_embedder(options.embed_model)
     judge_stats = None

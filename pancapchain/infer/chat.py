@@ -24,8 +24,9 @@ from typing import TextIO
 from PIL import Image
 
 from pancapchain.constants import STAGES
+from pancapchain.data.boxes import read_user_box
 from pancapchain.data.io import atomic_write_json
-from pancapchain.data.schema import SampleError, validate_box
+from pancapchain.data.schema import SampleError
 from pancapchain.data.stages import StageItem
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
@@ -160,7 +161,7 @@ class ChatSession:
     @staticmethod
     def _box(text: str):
         try:
-            return validate_box([float(v) for v in text.split(",")], "chat", "box")
+            return read_user_box(text, "box")
         except (ValueError, SampleError) as err:
             raise ChatError(f"bad box {text!r}: {err}") from None
 

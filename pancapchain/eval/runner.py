@@ -17,6 +17,7 @@ from tqdm import tqdm
 from pancapchain.data.boxes import BoxCodec, find_box_groups, group_frame
 from pancapchain.data.caption_parser import strip_boxes
 from pancapchain.data.io import SkipReport
+from pancapchain.data.sapancap import sample_id
 from pancapchain.eval.caption_metrics import caption_metrics
 from pancapchain.eval.embed import Embedder, get_embedder
 from pancapchain.eval.grounding import evaluate_masks
@@ -72,10 +73,7 @@ def _align(
 ) -> tuple[list[_Pair], dict[str, ImageResult], list[str]]:
     """GT/prediction pairs to score, zero results for the rest, and notes (e.g. size assumptions)."""
     pairs, failed, notes = [], {}, []
-    gt_ids = {g.id for g in gts}
-    for pred_id in preds:
-        if pred_id not in gt_ids:
-            pred_report.skip(pred_id, "unknown id: no GT image with this id")
+    preds = rekey_predictions(gts, preds, pred_report)
     assumed = 0
     for gt in gts:
         pred = preds.get(gt.id)
@@ -95,6 +93,27 @@ def _align(
             "square (grid/1000 = normalized); pass --image-root for exact conversion"
         )
     return pairs, failed, notes
+
+
+def rekey_predictions(gts: list[GTRecord], preds: dict[str, Prediction], report: SkipReport) -> dict[str, Prediction]:
+    """Predictions keyed by GT id: a prediction ``id`` may be the GT id, the GT's image path
+    (``sam/sa_000045/sa_507752.jpg``) or that path's derived id; unknown ids and second claims are skipped."""
+    alias: dict[str, str] = {}
+    for g in gts:
+        if g.image:
+            alias.setdefault(g.image, g.id)
+            alias.setdefault(sample_id(g.image), g.id)
+    alias.update({g.id: g.id for g in gts})
+    keyed: dict[str, Prediction] = {}
+    for pred_id, pred in preds.items():
+        gt_id = alias.get(pred_id)
+        if gt_id is None:
+            report.skip(pred_id, "unknown id: no GT image with this id or image path")
+        elif gt_id in keyed:
+            report.skip(pred_id, f"duplicate: GT image {gt_id} already has a prediction (first one kept)")
+        else:
+            keyed[gt_id] = pred
+    return keyed
 
 
 def grid_boxes_to_normalized(text: str, width: int, height: int, box_rules: str = "official") -> str:

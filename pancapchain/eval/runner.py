@@ -25,7 +25,14 @@ from pancapchain.eval.inputs import GTRecord, Prediction, load_gt, load_predicti
 from pancapchain.eval.judge import JudgeBackend
 from pancapchain.eval.masks import mask_ap, png_average_recall
 from pancapchain.eval.matching import MatchConfig, wordnet_status
-from pancapchain.eval.offline import OfflineConfig, items_from_caption, items_from_sample, score_offline
+from pancapchain.eval.offline import (
+    OfflineConfig,
+    SupportScorer,
+    finish_offline,
+    items_from_caption,
+    items_from_sample,
+    prepare_offline,
+)
 from pancapchain.eval.scores import ImageResult, failed_image, macro_mean, pancapscore
 
 SQUARE_ASSUMPTION = 1000
@@ -129,19 +136,28 @@ def grid_boxes_to_normalized(text: str, width: int, height: int, box_rules: str 
     return "".join(pieces) + text[last:]
 
 
-def _offline_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions) -> list[ImageResult]:
+def _offline_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
+                     clock: _Stopwatch) -> list[ImageResult]:
     gt_items = [
         items_from_sample(p.gt.sample, options.box_rules) if p.gt.sample
         else items_from_caption(p.gt.caption, p.width, p.height, options.box_rules)
         for p in pairs
     ]
     pred_items = [items_from_caption(p.pred.caption, p.width, p.height, options.box_rules) for p in pairs]
+    clock.lap("offline: parse captions")
     all_tags = sorted({e.tag for items in gt_items + pred_items for e in items.entities})
     if all_tags:
         embedder.encode(all_tags)  # one batched pass; the per-image matching then hits the cache
-    results = []
-    for pair, g, p in tqdm(list(zip(pairs, gt_items, pred_items)), desc="offline PancapScore", unit="img"):
-        results.append(score_offline(pair.gt.id, g, p, embedder, options.match, options.offline))
+    clock.lap("offline: embed tags (+ model load)")
+    prepared = [prepare_offline(pair.gt.id, g, p, embedder, options.match)
+                for pair, g, p in tqdm(list(zip(pairs, gt_items, pred_items)), desc="offline matching", unit="img")]
+    clock.lap("offline: match entities")
+    texts = sorted(set().union(*(SupportScorer.open_texts(prep.flat) for prep in prepared)))
+    if texts:
+        embedder.encode(texts)  # every distinct open sentence once, in big batches; scoring then hits the cache
+    clock.lap(f"offline: embed {len(texts)} item texts")
+    results = [finish_offline(prep, embedder, options.offline) for prep in prepared]
+    clock.lap("offline: support scores")
     return results
 
 
@@ -223,11 +239,11 @@ def evaluate(
     embedder = embedder or get_embedder(options.embed_model)
     judge_stats = None
     if options.judge == "offline":
-        scored = _offline_results(pairs, embedder, options)
+        scored = _offline_results(pairs, embedder, options, clock)
     else:
         scored, judge_stats = _judge_results(pairs, embedder, options, Path(out_dir) if out_dir else None,
                                              judge_backend)
-    clock.lap("pancapscore")
+    clock.lap("pancapscore" if options.judge != "offline" else "offline: assemble")
     by_id = {r.id: r for r in scored} | failed
     for p in pairs:
         if not p.pred.caption.strip():

@@ -1,5 +1,6 @@
 """Box format round trips (normalized <-> ASMv2 grid <-> text), including non-square images."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -70,3 +71,55 @@ def test_find_box_groups_reads_both_formats_and_multi_boxes():
     assert [len(g.values) for g in groups] == [1, 2, 1]
     assert [g.is_integer_grid for g in groups] == [False, True, False]
     assert text[groups[1].start : groups[1].end] == "<box>[[1, 2, 3, 4], [5, 6, 7, 8]]</box>"
+
+
+# ------------------------------------------------------------------------------------------- box rules
+
+RULES_TEXT = (
+    "a [[0.1, 0.2, 1.01, 0.5]] b <box>[[100, 200, 300, 400]]</box> c <box>[[1,2,3,4]]</box> "
+    "d <box>[[1, 2, 3, 4], [5, 6, 7, 8]]</box> e [[100, 200, 300, 400]] f <box><loc_1><loc_2><loc_3><loc_4></box>"
+)
+
+
+def test_one_rule_per_format_official_and_lenient():
+    from pancapchain.data.boxes import group_frame
+
+    groups = find_box_groups(RULES_TEXT)
+    official = [group_frame(g, "official") for g in groups]
+    lenient = [group_frame(g, "lenient") for g in groups]
+    # official step 0: only the single-box, ", "-separated <box> group is the grid
+    assert official == ["normalized", "grid", "normalized", "normalized", "normalized", "bins"]
+    assert lenient == ["normalized", "grid", "grid", "grid", "grid", "bins"]
+    with pytest.raises(ValueError, match="unknown box rules"):
+        group_frame(groups[0], "loose")
+
+
+def test_normalized_value_above_one_is_clipped_not_rescaled():
+    codec = BoxCodec("normalized")
+    [group] = find_box_groups("a cat [[0.1, 0.2, 1.01, 0.5]]")
+    for rules in ("official", "lenient"):
+        assert codec.decode_group(group, 640, 480, rules) == [(0.1, 0.2, 1.0, 0.5)]
+    [bare] = find_box_groups("a cat [[100, 200, 300, 400]]")
+    assert codec.decode_group(bare, 1000, 1000, "official") == [(1.0, 1.0, 1.0, 1.0)]  # read as written
+    assert codec.decode_group(bare, 1000, 1000, "lenient") == [(0.1, 0.2, 0.3, 0.4)]
+
+
+def test_strict_reader_names_the_bad_value():
+    from pancapchain.data.boxes import BoxFormatError, read_user_box, strict_convert_text
+
+    norm = BoxCodec("normalized")
+    with pytest.raises(BoxFormatError, match=r"value 1.7 is outside \[0, 1\]"):
+        strict_convert_text("a cat [[0.1, 0.2, 1.7, 0.5]]", 100, 100, norm)
+    with pytest.raises(BoxFormatError, match=r"value 1200 is outside \[0, 1000\]"):
+        strict_convert_text("a cat <box>[[100, 200, 1200, 400]]</box>", 100, 100, norm)
+    with pytest.raises(BoxFormatError, match=r"value 2.5 is not an integer"):
+        strict_convert_text("a cat <box>[[1, 2, 2.5, 4]]</box>", 100, 100, norm)
+    with pytest.raises(BoxFormatError, match="x2 < x1"):
+        strict_convert_text("a cat [[0.5, 0.2, 0.1, 0.5]]", 100, 100, norm)
+    assert strict_convert_text("a cat <box>[[100, 200, 300, 400]]</box>", 100, 100, norm) == \
+        "a cat [[0.100, 0.200, 0.300, 0.400]]"
+    assert read_user_box("[0.1, 0.2, 0.5, 0.9]") == (0.1, 0.2, 0.5, 0.9)
+    with pytest.raises(BoxFormatError, match=r"value -0.1 is outside"):
+        read_user_box("-0.1,0.2,0.5,0.9")
+    with pytest.raises(ValueError, match="not a number"):
+        read_user_box("a,b,c,d")

@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--support-threshold", type=float, default=0.5,
                         help="offline mode: minimum cosine for an attribute/relation/global item to count")
     parser.add_argument("--no-wordnet", action="store_true", help="synonyms by containment only")
+    parser.add_argument("--box-rules", choices=("official", "lenient"), default="official",
+                        help="how caption boxes are read: 'official' = the official step 0 (only single "
+                        "<box>[[d, d, d, d]]</box> groups are 0-1000 grid), 'lenient' = also multi-box / loosely "
+                        "spaced <box> groups and bare integer [[..]] groups (docs/evaluation.md)")
     parser.add_argument("--judge-batch-size", type=int, default=4, help="prompts per generate() call")
     parser.add_argument("--judge-max-new-tokens", type=int, default=2048, help="generation cap per call")
     parser.add_argument("--judge-device", default="cpu", help="torch device of the judge model")
@@ -57,6 +61,7 @@ def options_from_args(args: argparse.Namespace):
                           use_wordnet=not args.no_wordnet),
         offline=OfflineConfig(support_threshold=args.support_threshold),
         image_root=args.image_root,
+        box_rules=args.box_rules,
         prompts_dir=args.prompts_dir,
         judge_batch_size=args.judge_batch_size,
         judge_max_new_tokens=args.judge_max_new_tokens,

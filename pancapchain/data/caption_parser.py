@@ -122,9 +122,9 @@ def _tag_for(
     return tag
 
 
-def _valid_boxes(group: BoxGroup, width: int, height: int, unparsed: list[str]) -> tuple[Box, ...]:
+def _valid_boxes(group: BoxGroup, width: int, height: int, unparsed: list[str], rules: str) -> tuple[Box, ...]:
     boxes = []
-    for box in _CODEC.decode_group(group, width, height):
+    for box in _CODEC.decode_group(group, width, height, rules):
         if box[2] < box[0] or box[3] < box[1]:
             unparsed.append(f"[[{', '.join(f'{v:g}' for v in box)}]] (x2 < x1 or y2 < y1)")
         else:
@@ -247,8 +247,9 @@ def _sentences(marked: str) -> tuple[list[str], list[int]]:
     return sentences, owners
 
 
-def parse_caption(caption: str, width: int = 1000, height: int = 1000) -> ParsedCaption:
-    """Parse ``caption``; ``width``/``height`` only matter for model-grid ``<box>`` groups."""
+def parse_caption(caption: str, width: int = 1000, height: int = 1000, box_rules: str = "lenient") -> ParsedCaption:
+    """Parse ``caption``; ``width``/``height`` only matter for model-grid ``<box>`` groups, ``box_rules``
+    (official / lenient, see :mod:`pancapchain.data.boxes`) decides which groups are grid groups."""
     caption = caption if isinstance(caption, str) else str(caption)
     width, height = max(1, int(width)), max(1, int(height))
     groups = find_box_groups(caption)
@@ -263,7 +264,7 @@ def parse_caption(caption: str, width: int = 1000, height: int = 1000) -> Parsed
         sentence_start = ctx.sentence_bounds(group.start)[0]
         tag = _tag_for(ctx, groups, i, previous_tag if sentence_start == last_sentence else None, last_tag)
         last_sentence, previous_tag, last_tag = sentence_start, tag, tag or last_tag
-        boxes = _valid_boxes(group, width, height, unparsed)
+        boxes = _valid_boxes(group, width, height, unparsed, box_rules)
         if boxes:
             mentions.append(Mention(tag, boxes, group.start, group.end, owners[i]))
     n_boxes = sum(len(g.values) for g in groups)

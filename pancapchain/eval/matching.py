@@ -7,14 +7,14 @@ For every (GT entity g, predicted entity p) pair a cost is set by the first rule
     cos(embed(tag_g), embed(tag_p)) >= 0.5 -> -embed_weight * cos        (-10 * cos)
     otherwise                              -> unmatched_cost             (1e6)
 
-and when the cost is negative and both have a box with IoU >= 0.5, the IoU is subtracted and the pair is
-flagged "location ok". scipy's Hungarian solver (linear_sum_assignment) minimises the total cost; assigned
+and when the cost is negative and both have a box with IoU >= 0.5 (computed in float32, as torchvision's
+box_iou), the IoU is subtracted and the pair is flagged "location ok". scipy's Hungarian solver (linear_sum_assignment) minimises the total cost; assigned
 pairs with a negative cost are the matches. Tag P/R = matches / |P| and matches / |G|; location P/R =
 location-ok matches / boxes on each side (0 when a side has no box).
 
 synonymy(a, b) is 1 when one tag is a substring of the other (raw, case-sensitive, as the official
-code); otherwise the Jaccard overlap of the WordNet noun lemma names of all their words, when nltk and
-its WordNet data are installed, else 0 ("containment only").
+code); otherwise the Jaccard overlap of the WordNet 3.0 noun lemma names of all their words, read from the
+table shipped in the repo (``wordnet_table.py``, the same answers as nltk + WordNet 3.0).
 
 Zero-entity GT (the official code divides by zero): tag and location score 1 when the prediction has no
 entity either (nothing to find, nothing invented), else 0. The report counts such images.
@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from pancapchain.data.boxes import box_iou
+from pancapchain.data.boxes import box_iou_matrix_f32
 from pancapchain.data.schema import Box
 from pancapchain.eval.embed import Embedder, cosine_matrix
 from pancapchain.eval.scores import PERFECT, PRF, ZERO
+from pancapchain.eval.wordnet_table import TABLE_PATH, load_table
 
 
 @dataclass(frozen=True)
@@ -83,43 +84,26 @@ class EntityMatch:
 # ----------------------------------------------------------------------------------------------- WordNet
 
 
-@functools.lru_cache(maxsize=1)
-def _wordnet():
-    """The nltk WordNet reader when nltk and its data are installed, else None (never downloads)."""
-    try:
-        from nltk.corpus import wordnet as wn
-
-        wn.ensure_loaded()
-        wn.synsets("dog")
-    except Exception:  # ImportError, LookupError (data missing), or a broken install
-        return None
-    return wn
-
-
-def wordnet_status() -> str:
+def wordnet_status(use_wordnet: bool = True) -> str:
     """One line for the report: which synonym rule is in force."""
-    if _wordnet() is not None:
-        return "wordnet: nltk WordNet noun lemmas (Jaccard) + containment"
-    try:
-        import nltk  # noqa: F401
-    except ImportError:
-        return "containment only: nltk is not installed"
-    return "containment only: nltk is installed but its WordNet data is not"
+    if not use_wordnet:
+        return "containment only: --no-wordnet"
+    if load_table() is None:
+        return f"containment only: the WordNet table {TABLE_PATH} is missing (rebuild it, see docs/evaluation.md)"
+    return "wordnet: WordNet 3.0 noun lemmas (shipped table, = nltk) Jaccard + containment"
 
 
 @functools.lru_cache(maxsize=65536)
 def _noun_lemmas(word: str) -> frozenset[str]:
-    wn = _wordnet()
-    if wn is None:
-        return frozenset()
-    return frozenset(lemma.name() for syn in wn.synsets(word, wn.NOUN) for lemma in syn.lemmas())
+    table = load_table()
+    return frozenset() if table is None else table.noun_lemma_names(word)
 
 
 def synonym_score(a: str, b: str, use_wordnet: bool = True) -> float:
     """1 if either tag contains the other, else the WordNet noun-lemma Jaccard overlap (0 without WordNet)."""
     if a in b or b in a:
         return 1.0
-    if not use_wordnet or _wordnet() is None:
+    if not use_wordnet:
         return 0.0
     lemmas_a = frozenset().union(*(_noun_lemmas(w) for w in a.split()))
     lemmas_b = frozenset().union(*(_noun_lemmas(w) for w in b.split()))
@@ -172,12 +156,15 @@ def match_cost_matrix(
     """The official cost matrix (|G|, |P|) and the boolean location-ok matrix of the same shape."""
     cost = _semantic_costs([e.tag for e in gt], [e.tag for e in pred], embedder, config)
     loc_ok = np.zeros(cost.shape, dtype=bool)
-    for i, g in enumerate(gt):
-        for j, p in enumerate(pred):
-            if cost[i, j] < 0 and g.box is not None and p.box is not None:
-                iou = box_iou(g.box, p.box)
-                if iou >= config.iou_threshold:
-                    cost[i, j] -= iou
+    rows = [i for i, e in enumerate(gt) if e.box is not None]
+    cols = [j for j, e in enumerate(pred) if e.box is not None]
+    if rows and cols:
+        iou = box_iou_matrix_f32(np.array([gt[i].box for i in rows]), np.array([pred[j].box for j in cols]))
+        for r, i in enumerate(rows):
+            for c, j in enumerate(cols):
+                # float32 IoU compared with the threshold, as the official torch code does
+                if cost[i, j] < 0 and iou[r, c] >= np.float32(config.iou_threshold):
+                    cost[i, j] -= float(iou[r, c])
                     loc_ok[i, j] = True
     return cost, loc_ok
 

@@ -157,9 +157,9 @@ def _sentence_items(items: OfflineItems, sentence: str, group: list[int], tags: 
         items.globals.append(sentence)
 
 
-def items_from_caption(caption: str, width: int = 1000, height: int = 1000) -> OfflineItems:
+def items_from_caption(caption: str, width: int = 1000, height: int = 1000, box_rules: str = "official") -> OfflineItems:
     """Entities (one per distinct box) and sentence-level items of a caption; never raises."""
-    parsed = parse_caption(caption, width, height)
+    parsed = parse_caption(caption, width, height, box_rules)
     pairs = caption_entities(parsed)
     tags = [tag.strip() or UNNAMED_TAG for tag, _ in pairs]
     items = OfflineItems([TaggedEntity(t, box) for t, (_, box) in zip(tags, pairs)])
@@ -196,10 +196,10 @@ def has_structure(sample: PanopticSample) -> bool:
     return bool(sample.relations or sample.global_state or any(e.attributes for e in sample.entities))
 
 
-def items_from_sample(sample: PanopticSample) -> OfflineItems:
+def items_from_sample(sample: PanopticSample, box_rules: str = "official") -> OfflineItems:
     """GT items from the structured fields when present, otherwise from the sample's caption."""
     if not has_structure(sample) and sample.caption.strip():
-        return items_from_caption(sample.caption, sample.width, sample.height)
+        return items_from_caption(sample.caption, sample.width, sample.height, box_rules)
     position = {e.id: i for i, e in enumerate(sample.entities)}
     items = OfflineItems(
         [TaggedEntity(e.tag.lower().strip() or UNNAMED_TAG, e.box) for e in sample.entities],
@@ -238,6 +238,16 @@ class SupportScorer:
     def __init__(self, embedder: Embedder | None, threshold: float):
         self.embedder = embedder
         self.threshold = threshold
+
+    @staticmethod
+    def open_texts(queries: list[tuple[str, list[str]]]) -> set[str]:
+        """The texts ``score_many`` will embed (queries no containment settles, and their candidates)."""
+        out: set[str] = set()
+        for text, candidates in queries:
+            if candidates and not any(covers(text, c) for c in candidates):
+                out.add(text)
+                out.update(candidates)
+        return out
 
     def score_many(self, queries: list[tuple[str, list[str]]]) -> list[float]:
         scores: list[float | None] = []
@@ -296,6 +306,49 @@ def _item_prf(n_gt: int, n_pred_total: int, recall_scores: list[float], precisio
     return PRF.from_pr(precision, recall)
 
 
+@dataclass
+class PreparedImage:
+    """One image after matching: the support queries of every dimension, not yet scored."""
+
+    image_id: str
+    gt: OfflineItems
+    pred: OfflineItems
+    match: EntityMatch
+    queries: dict[str, tuple[list, list]]
+
+    @property
+    def flat(self) -> list[tuple[str, list[str]]]:
+        return [q for dim in ("attr", "rel", "global") for side in self.queries[dim] for q in side]
+
+
+def prepare_offline(image_id: str, gt: OfflineItems, pred: OfflineItems, embedder: Embedder | None,
+                    match_config: MatchConfig = OFFICIAL) -> PreparedImage:
+    """Match the entities of one image and build its support queries (so many images can be embedded at once)."""
+    match = match_entities(gt.entities, pred.entities, embedder, match_config)
+    g2p = match.mapping
+    p2g = {p: g for g, p in g2p.items()}
+    return PreparedImage(image_id, gt, pred, match, _dimension_queries(gt, pred, g2p, p2g))
+
+
+def finish_offline(prep: PreparedImage, embedder: Embedder | None, config: OfflineConfig = OfflineConfig()) -> ImageResult:
+    """Score the support queries of a prepared image and assemble its result."""
+    gt, pred, match = prep.gt, prep.pred, prep.match
+    support = iter(SupportScorer(embedder, config.support_threshold).score_many(prep.flat))
+    sizes = {"attr": (len(gt.attributes), len(pred.attributes)), "rel": (len(gt.relations), len(pred.relations)),
+             "global": (len(gt.globals), len(pred.globals))}
+    scores = {"tag": match.tag, "loc": match.loc}
+    for dim in ("attr", "rel", "global"):
+        rec_q, prec_q = prep.queries[dim]
+        rec = [next(support) for _ in rec_q]
+        prec = [next(support) for _ in prec_q]
+        scores[dim] = _item_prf(sizes[dim][0], sizes[dim][1], rec, prec)
+    result = ImageResult(prep.image_id, scores, counts=_counts(match, gt, pred), matches=_match_rows(match, gt, pred))
+    result.warnings = [f"prediction: {w}" for w in pred.warnings] + [f"gt: {w}" for w in gt.warnings]
+    if not gt.entities:
+        result.warnings.append("gt has no entities (tag/loc = 1 only if the prediction has none)")
+    return result
+
+
 def score_offline(
     image_id: str,
     gt: OfflineItems,
@@ -305,25 +358,7 @@ def score_offline(
     config: OfflineConfig = OfflineConfig(),
 ) -> ImageResult:
     """All five dimensions of one image in offline mode."""
-    match = match_entities(gt.entities, pred.entities, embedder, match_config)
-    g2p = match.mapping
-    p2g = {p: g for g, p in g2p.items()}
-    queries = _dimension_queries(gt, pred, g2p, p2g)
-    flat = [q for dim in ("attr", "rel", "global") for side in queries[dim] for q in side]
-    support = iter(SupportScorer(embedder, config.support_threshold).score_many(flat))
-    sizes = {"attr": (len(gt.attributes), len(pred.attributes)), "rel": (len(gt.relations), len(pred.relations)),
-             "global": (len(gt.globals), len(pred.globals))}
-    scores = {"tag": match.tag, "loc": match.loc}
-    for dim in ("attr", "rel", "global"):
-        rec_q, prec_q = queries[dim]
-        rec = [next(support) for _ in rec_q]
-        prec = [next(support) for _ in prec_q]
-        scores[dim] = _item_prf(sizes[dim][0], sizes[dim][1], rec, prec)
-    result = ImageResult(image_id, scores, counts=_counts(match, gt, pred), matches=_match_rows(match, gt, pred))
-    result.warnings = [f"prediction: {w}" for w in pred.warnings] + [f"gt: {w}" for w in gt.warnings]
-    if not gt.entities:
-        result.warnings.append("gt has no entities (tag/loc = 1 only if the prediction has none)")
-    return result
+    return finish_offline(prepare_offline(image_id, gt, pred, embedder, match_config), embedder, config)
 
 
 def _counts(match: EntityMatch, gt: OfflineItems, pred: OfflineItems) -> dict[str, int]:

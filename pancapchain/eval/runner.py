@@ -14,9 +14,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pancapchain.data.boxes import BoxCodec, find_box_groups
+from pancapchain.data.boxes import BoxCodec, find_box_groups, group_frame
 from pancapchain.data.caption_parser import strip_boxes
 from pancapchain.data.io import SkipReport
+from pancapchain.data.sapancap import sample_id
 from pancapchain.eval.caption_metrics import caption_metrics
 from pancapchain.eval.embed import Embedder, get_embedder
 from pancapchain.eval.grounding import evaluate_masks
@@ -24,7 +25,14 @@ from pancapchain.eval.inputs import GTRecord, Prediction, load_gt, load_predicti
 from pancapchain.eval.judge import JudgeBackend
 from pancapchain.eval.masks import mask_ap, png_average_recall
 from pancapchain.eval.matching import MatchConfig, wordnet_status
-from pancapchain.eval.offline import OfflineConfig, items_from_caption, items_from_sample, score_offline
+from pancapchain.eval.offline import (
+    OfflineConfig,
+    SupportScorer,
+    finish_offline,
+    items_from_caption,
+    items_from_sample,
+    prepare_offline,
+)
 from pancapchain.eval.scores import ImageResult, failed_image, macro_mean, pancapscore
 
 SQUARE_ASSUMPTION = 1000
@@ -44,6 +52,7 @@ class EvalOptions:
     judge_max_new_tokens: int = 2048
     judge_device: str = "cpu"
     judge_cache: str | None = None  # default OUT/judge_cache; share one folder to reuse GT-side answers
+    box_rules: str = "official"  # how caption box groups are read: "official" (step 0) or "lenient"
     caption_metrics: bool = True
     meteor: bool = True
     meteor_jar: str | None = None
@@ -67,14 +76,11 @@ class _Pair:
 
 
 def _align(
-    gts: list[GTRecord], preds: dict[str, Prediction], pred_report: SkipReport
+    gts: list[GTRecord], preds: dict[str, Prediction], pred_report: SkipReport, box_rules: str
 ) -> tuple[list[_Pair], dict[str, ImageResult], list[str]]:
     """GT/prediction pairs to score, zero results for the rest, and notes (e.g. size assumptions)."""
     pairs, failed, notes = [], {}, []
-    gt_ids = {g.id for g in gts}
-    for pred_id in preds:
-        if pred_id not in gt_ids:
-            pred_report.skip(pred_id, "unknown id: no GT image with this id")
+    preds = rekey_predictions(gts, preds, pred_report)
     assumed = 0
     for gt in gts:
         pred = preds.get(gt.id)
@@ -85,7 +91,7 @@ def _align(
             failed[gt.id] = failed_image(gt.id, pred.problem)
             continue
         width, height = gt.width or SQUARE_ASSUMPTION, gt.height or SQUARE_ASSUMPTION
-        if gt.width is None and any(g.is_integer_grid for g in find_box_groups(pred.caption)):
+        if gt.width is None and any(group_frame(g, box_rules) == "grid" for g in find_box_groups(pred.caption)):
             assumed += 1
         pairs.append(_Pair(gt, pred, width, height))
     if assumed:
@@ -96,30 +102,62 @@ def _align(
     return pairs, failed, notes
 
 
-def grid_boxes_to_normalized(text: str, width: int, height: int) -> str:
-    """Rewrite ``<box>[[ints]]</box>`` groups as normalized ``[[x.xxx, ...]]`` (official step 0); other
-    groups are left exactly as written."""
+def rekey_predictions(gts: list[GTRecord], preds: dict[str, Prediction], report: SkipReport) -> dict[str, Prediction]:
+    """Predictions keyed by GT id: a prediction ``id`` may be the GT id, the GT's image path
+    (``sam/sa_000045/sa_507752.jpg``) or that path's derived id; unknown ids and second claims are skipped."""
+    alias: dict[str, str] = {}
+    for g in gts:
+        if g.image:
+            alias.setdefault(g.image, g.id)
+            alias.setdefault(sample_id(g.image), g.id)
+    alias.update({g.id: g.id for g in gts})
+    keyed: dict[str, Prediction] = {}
+    for pred_id, pred in preds.items():
+        gt_id = alias.get(pred_id)
+        if gt_id is None:
+            report.skip(pred_id, "unknown id: no GT image with this id or image path")
+        elif gt_id in keyed:
+            report.skip(pred_id, f"duplicate: GT image {gt_id} already has a prediction (first one kept)")
+        else:
+            keyed[gt_id] = pred
+    return keyed
+
+
+def grid_boxes_to_normalized(text: str, width: int, height: int, box_rules: str = "official") -> str:
+    """Rewrite the groups ``box_rules`` reads as grid (or bins) as normalized ``[[x.xxx, ...]]`` (official
+    step 0); other groups are left exactly as written."""
     codec = BoxCodec("normalized")
     pieces, last = [], 0
     for group in find_box_groups(text):
-        if group.is_integer_grid:
-            pieces += [text[last : group.start], codec.encode(codec.decode_group(group, width, height), width, height)]
+        if group_frame(group, box_rules) != "normalized":
+            boxes = codec.decode_group(group, width, height, box_rules)
+            pieces += [text[last : group.start], codec.encode(boxes, width, height)]
             last = group.end
     return "".join(pieces) + text[last:]
 
 
-def _offline_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions) -> list[ImageResult]:
+def _offline_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
+                     clock: _Stopwatch) -> list[ImageResult]:
     gt_items = [
-        items_from_sample(p.gt.sample) if p.gt.sample else items_from_caption(p.gt.caption, p.width, p.height)
+        items_from_sample(p.gt.sample, options.box_rules) if p.gt.sample
+        else items_from_caption(p.gt.caption, p.width, p.height, options.box_rules)
         for p in pairs
     ]
-    pred_items = [items_from_caption(p.pred.caption, p.width, p.height) for p in pairs]
+    pred_items = [items_from_caption(p.pred.caption, p.width, p.height, options.box_rules) for p in pairs]
+    clock.lap("offline: parse captions")
     all_tags = sorted({e.tag for items in gt_items + pred_items for e in items.entities})
     if all_tags:
         embedder.encode(all_tags)  # one batched pass; the per-image matching then hits the cache
-    results = []
-    for pair, g, p in tqdm(list(zip(pairs, gt_items, pred_items)), desc="offline PancapScore", unit="img"):
-        results.append(score_offline(pair.gt.id, g, p, embedder, options.match, options.offline))
+    clock.lap("offline: embed tags (+ model load)")
+    prepared = [prepare_offline(pair.gt.id, g, p, embedder, options.match)
+                for pair, g, p in tqdm(list(zip(pairs, gt_items, pred_items)), desc="offline matching", unit="img")]
+    clock.lap("offline: match entities")
+    texts = sorted(set().union(*(SupportScorer.open_texts(prep.flat) for prep in prepared)))
+    if texts:
+        embedder.encode(texts)  # every distinct open sentence once, in big batches; scoring then hits the cache
+    clock.lap(f"offline: embed {len(texts)} item texts")
+    results = [finish_offline(prep, embedder, options.offline) for prep in prepared]
+    clock.lap("offline: support scores")
     return results
 
 
@@ -136,8 +174,8 @@ def _judge_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
     cache_dir = Path(options.judge_cache) if options.judge_cache else (out_dir / "judge_cache" if out_dir else None)
     cache = JudgeCache(cache_dir, f"{prompts.fingerprint()}|{backend.name}") if cache_dir else None
     images = [
-        JudgeImage(p.gt.id, grid_boxes_to_normalized(p.gt.caption, p.width, p.height),
-                   grid_boxes_to_normalized(p.pred.caption, p.width, p.height))
+        JudgeImage(p.gt.id, grid_boxes_to_normalized(p.gt.caption, p.width, p.height, options.box_rules),
+                   grid_boxes_to_normalized(p.pred.caption, p.width, p.height, options.box_rules))
         for p in pairs
     ]
     results, stats = run_judge(images, backend, prompts, embedder, cache, options.match)
@@ -153,7 +191,7 @@ def _mask_metrics(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
     for p in pairs:
         if p.gt.sample is None:
             continue
-        pred_entities = items_from_caption(p.pred.caption, p.width, p.height).entities
+        pred_entities = items_from_caption(p.pred.caption, p.width, p.height, options.box_rules).entities
         res = evaluate_masks(p.gt.sample, pred_entities, p.pred.masks, embedder, options.match)
         by_id[p.gt.id].warnings.extend(res.warnings)
         if res.miou is not None:
@@ -196,16 +234,16 @@ def evaluate(
     clock = _Stopwatch()
     gts, gt_report = load_gt(gt_path, options.image_root)
     preds, pred_report = load_predictions(pred_path)
-    pairs, failed, notes = _align(gts, preds, pred_report)
+    pairs, failed, notes = _align(gts, preds, pred_report, options.box_rules)
     clock.lap("read inputs")
     embedder = embedder or get_embedder(options.embed_model)
     judge_stats = None
     if options.judge == "offline":
-        scored = _offline_results(pairs, embedder, options)
+        scored = _offline_results(pairs, embedder, options, clock)
     else:
         scored, judge_stats = _judge_results(pairs, embedder, options, Path(out_dir) if out_dir else None,
                                              judge_backend)
-    clock.lap("pancapscore")
+    clock.lap("pancapscore" if options.judge != "offline" else "offline: assemble")
     by_id = {r.id: r for r in scored} | failed
     for p in pairs:
         if not p.pred.caption.strip():
@@ -259,7 +297,7 @@ def _metrics(images: list[ImageResult], options: EvalOptions, embedder: Embedder
         "image_status": status_counts,
         "images_with_warnings": sum(1 for r in images if r.warnings),
         "embedder": embedder.name,
-        "synonyms": wordnet_status(),
+        "synonyms": wordnet_status(options.match.use_wordnet),
         "notes": [mode_note, *notes],
         "skipped": {"gt": gt_report.to_dict(), "predictions": pred_report.to_dict()},
         "options": options.to_dict(),

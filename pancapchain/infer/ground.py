@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.boxes import BoxCodec, strict_convert_text
 from pancapchain.data.caption_parser import parse_caption
 from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.schema import SampleError, resolve_image
@@ -25,8 +25,9 @@ from pancapchain.mask.refine import candidate_masks
 
 
 def given_stages(chain: PancapChain, caption: str, width: int, height: int) -> dict[str, str]:
-    """Stage outputs implied by a caption with inline boxes (either box format)."""
-    normalized = BoxCodec("normalized").convert_text(caption, width, height)
+    """Stage outputs implied by a caption with inline boxes (any box format, checked strictly: a value out of
+    its format's range raises ``BoxFormatError`` naming it, never a silent rescale)."""
+    normalized = strict_convert_text(caption, width, height, BoxCodec("normalized"))
     mentions = parse_caption(normalized, width, height).mentions
     items = [StageItem(m.tag or "entity", m.boxes) for m in mentions]
     boxes_only = [StageItem(None, it.boxes) for it in items]
@@ -34,7 +35,7 @@ def given_stages(chain: PancapChain, caption: str, width: int, height: int) -> d
         "localize": format_items(boxes_only, chain.codec, width, height),
         "label": format_items(items, chain.codec, width, height),
         "discover": format_items([], chain.codec, width, height),
-        "caption": chain.codec.convert_text(caption, width, height),
+        "caption": strict_convert_text(caption, width, height, chain.codec),
     }
 
 

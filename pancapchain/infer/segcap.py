@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from pancapchain.data.boxes import BoxCodec, find_box_groups
+from pancapchain.data.boxes import BoxCodec, find_box_groups, read_user_box
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.schema import Box, validate_box
 from pancapchain.data.stage_parse import clean_tag
@@ -37,9 +37,8 @@ _NORMALIZED = BoxCodec("normalized")
 
 
 def parse_box_arg(text: str) -> Box:
-    """``"x1,y1,x2,y2"`` (normalized on the original image) -> a validated box; ValueError says what is wrong."""
-    parts = [p for p in re.split(r"[,\s]+", text.strip().strip("[]")) if p]
-    return validate_box(parts, "--box", "--box")
+    """``"x1,y1,x2,y2"`` (normalized on the original image) -> a checked box; ``BoxFormatError`` names the value."""
+    return read_user_box(text, "--box")
 
 
 def normalized_text(text: str) -> str:

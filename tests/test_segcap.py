@@ -15,6 +15,7 @@ from pancapchain.data.boxes import find_box_groups
 from pancapchain.data.prompts import PromptError, PromptSet
 from pancapchain.data.synth import write_dataset
 from pancapchain.infer.chain import PancapChain
+from pancapchain.infer.generation import Decoded
 from pancapchain.infer.segcap import is_duplicate, jaccard, parse_box_arg, region, segcap, token_set
 from pancapchain.mask.rle import decode_rle
 from pancapchain.model.tiny import TinyModelConfig, build_processor, build_tokenizer
@@ -101,7 +102,7 @@ def test_segcap_drops_exact_and_near_duplicates_and_refills(trained, chain, monk
 
     def scripted(prompts, sizes, features, system, kwargs):
         calls.append((chain.generator.seed, len(prompts), len(features.pooler_output), kwargs))
-        return [(t, False) for t in rounds[len(calls) - 1]]
+        return [Decoded(t, False) for t in rounds[len(calls) - 1]]
 
     monkeypatch.setattr(chain.generator, "generate", scripted)
     image = Image.open(trained["image"]).convert("RGB")

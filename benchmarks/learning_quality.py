@@ -103,7 +103,7 @@ def cut_share(preds: Path) -> dict:
 def row(name: str, eval_set: str, train_s: float, result: dict) -> list[str]:
     m, scores = result["metrics"], result["metrics"]["scores"]
     mask = m.get("mask_metrics") or {}
-    f1 = [100 * scores[d]["f1"] for d in ("tag", "loc", "attr", "rel", "global")]
+    f1 = [scores[d]["f1"] for d in ("tag", "loc", "attr", "rel", "global")]  # already x100
     miou = f"{100 * mask['mIoU']:.2f}" if mask else "n/a"
     return [name, eval_set, f"{train_s:.0f}", f"{m['pancapscore']:.2f}", *(f"{v:.2f}" for v in f1),
             f"{result['cut']['percent']:.1f} ({result['cut']['cut']}/{result['cut']['total']})", miou]

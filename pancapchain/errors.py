@@ -54,6 +54,8 @@ USER_ERROR_CLASSES = frozenset({
     "pancapchain.mask.refine:CandidateFileError",
     "pancapchain.mask.sam_head:MaskHeadError",
     "pancapchain.infer.chat:ChatError",
+    "pancapchain.infer.session:SessionError",
+    "pancapchain.model.model_card:ModelCardError",
 })
 
 

@@ -190,7 +190,7 @@ def test_extra_prompt_file_is_validated_like_the_stages(tmp_path):
 def test_recipe_defaults_leave_the_extra_tasks_off_and_accept_them():
     cfg = load_recipe(None, [])
     assert cfg.data.stages == {"localize": 1.0, "label": 1.0, "discover": 1.0, "caption": 1.0,
-                               "segcap": 0.0, "region": 0.0}
+                               "segcap": 0.0, "region": 0.0, "direct": 0.0}
     assert active_stages(cfg) == list(STAGES)
     cfg = load_recipe(None, ["data.stages={segcap: 0.5, region: 0.5}", "mask.stages=[caption,segcap]"])
     assert active_stages(cfg) == [*STAGES, "segcap", "region"]

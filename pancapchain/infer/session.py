@@ -129,7 +129,7 @@ class ChainSession:
         try:
             box = validate_box([float(v) for v in text.split(",")], where, "box")
         except (ValueError, SampleError) as err:
-            raise SessionError(f"bad box {text.strip()!r}: {err}") from None
+            raise SessionError(f"bad box {text.strip()!r}: {getattr(err, 'problem', err)}") from None
         if box[0] >= box[2] or box[1] >= box[3]:
             raise SessionError(f"bad box {text.strip()!r}: needs x1 < x2 and y1 < y2 (it has no area)")
         return box

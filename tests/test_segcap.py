@@ -121,7 +121,7 @@ def test_segcap_drops_exact_and_near_duplicates_and_refills(trained, chain, monk
 
 
 def test_segcap_gives_fewer_after_the_round_budget(trained, chain, monkeypatch):
-    monkeypatch.setattr(chain.generator, "generate", lambda p, *a: [("same text", False)] * len(p))
+    monkeypatch.setattr(chain.generator, "generate", lambda p, *a: [Decoded("same text", False)] * len(p))
     pairs = segcap(chain, Image.open(trained["image"]), [0.1, 0.2, 0.3, 0.4], 3, max_rounds=2)
     assert [p["caption_model"] for p in pairs] == ["same text"]
 
@@ -157,7 +157,7 @@ def test_cli_commands_write_json(trained, tmp_path, capsys):
                      "--max-new-tokens", "4", "--out", str(tmp_path / "r.json")]) == 0
     assert set(json.loads((tmp_path / "r.json").read_text())) >= {"caption", "mask", "box_model", "settings"}
     assert cli_main(["segcap", "--model", model, "--image", image, "--box", "0.5,0.2,0.1,0.9"]) == 2
-    assert "x2 < x1" in capsys.readouterr().out
+    assert "x2 < x1" in capsys.readouterr().err  # user errors are one line on stderr (pancapchain.errors)
 
 
 def test_duplicate_rules_and_box_argument():

@@ -14,11 +14,10 @@ RUN=${DEMO_RUN:-runs/demo}
 echo "== 1/5 synthetic scenes -> $DATA (train: seed 0; held-out val: seed 1)"
 $PY -m pancapchain synth --out "$DATA/train" --n-train "${DEMO_N_TRAIN:-4000}" --n-val 0 --seed 0 --size 64 --no-progress
 $PY -m pancapchain synth --out "$DATA/val" --n-train 0 --n-val "${DEMO_N_VAL:-200}" --seed 1 --size 64 --no-progress
-head -n 48 "$DATA/val/val.jsonl" > "$DATA/val/val_loss.jsonl"
 
 echo "== 2/5 train the tiny chain recipe (with mask head) -> $RUN"
 $PY train.py --recipe "${DEMO_RECIPE:-recipes/tiny_chain.yaml}" data.train="$DATA/train/train.jsonl" \
-  data.val="$DATA/val/val_loss.jsonl" train.output_dir="$RUN" train.resume=never "$@"
+  data.val="$DATA/val/val.jsonl" data.max_val_samples=48 train.output_dir="$RUN" train.resume=never "$@"
 $PY - "$RUN" <<'PYEOF'
 import json, sys
 m = json.load(open(f"{sys.argv[1]}/metrics.json"))

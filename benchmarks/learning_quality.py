@@ -6,7 +6,9 @@
 Protocol (eval/synthetic_ablation.yaml): synthetic scenes with fixed seeds (train; held-out val from another
 seed; a second held-out set from a third seed at another image size), then per variant: train the recipe with
 the variant's overrides within the same wall-clock budget -> run the variant's plan over the held-out scenes
-(`pancapchain infer`) -> score (`pancapchain eval`, offline PancapScore + mask metrics). Results are written
+(`pancapchain infer`) -> score (`pancapchain eval`, offline PancapScore + mask metrics). With
+``pretrain_seconds`` in the protocol, `pancapchain pretrain-tiny` first builds one base that every variant
+starts from; "train s" then counts the base's wall time (data preparation included) plus the variant's training. Results are written
 per variant (atomically) to OUT/results.json, so an interrupted run resumes where it stopped; OUT/table.md
 holds the printed table. Run it alone on the machine: timings and the budget's worth depend on it.
 """
@@ -14,6 +16,7 @@ holds the printed table. Run it alone on the machine: timings and the budget's w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -65,10 +68,27 @@ def make_data(proto: Protocol, out: Path) -> dict[str, Path]:
     return paths
 
 
-def train(proto: Protocol, variant: Variant, data: dict[str, Path], out: Path) -> dict:
+def pretrain(proto: Protocol, data: dict[str, Path], out: Path) -> tuple[list[str], float]:
+    """Build the shared pretrained tiny base once (kept when its settings match): (recipe overrides, seconds)."""
+    if proto.pretrain_seconds <= 0:
+        return [], 0.0
+    base = out / "base"
+    want = {"seconds": proto.pretrain_seconds, "recipe": str(proto.recipe), "train": str(data["train"])}
+    stamp = base / "protocol.json"
+    if not stamp.exists() or json.loads(stamp.read_text()) != want:
+        print(f"== pretrain-tiny: {proto.pretrain_seconds:.0f} s", flush=True)
+        run([sys.executable, "-m", "pancapchain", "pretrain-tiny", "--recipe", str(proto.recipe), "--out", str(base),
+             "--seconds", str(proto.pretrain_seconds), f"data.train={data['train']}"], out / "pretrain.log")
+        atomic_write_json(stamp, want)
+    seconds = json.loads((base / "pretrain_tiny.json").read_text())["total_seconds"]
+    return [f"model.base={base}"], float(seconds)
+
+
+def train(proto: Protocol, variant: Variant, data: dict[str, Path], out: Path, base: list[str]) -> dict:
     run_dir = out / "runs" / variant.name
-    args = variant.override_args() + [f"train.max_seconds={proto.budget_seconds}", f"data.train={data['train']}",
-                                      f"data.val={data['loss']}", f"train.output_dir={run_dir}", "train.resume=never"]
+    args = variant.override_args() + [f"train.max_seconds={proto.train_seconds}", f"data.train={data['train']}",
+                                      f"data.val={data['loss']}", f"train.output_dir={run_dir}", "train.resume=never",
+                                      *base]
     run([sys.executable, "train.py", "--recipe", str(proto.recipe), *args], out / f"train_{variant.name}.log")
     return json.loads((run_dir / "metrics.json").read_text())
 
@@ -123,6 +143,8 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="redo variants that already have results")
     parser.add_argument("--rescore", action="store_true",
                         help="score the existing predictions again with the current evaluation code (no training)")
+    parser.add_argument("--reinfer", action="store_true",
+                        help="run inference and scoring again with the existing checkpoints (decoding changed; no training)")
     parser.add_argument("--row", nargs=3, metavar=("RUN", "PREDS", "EVAL_DIR"),
                         help="only print the table row of an existing chain run (used by scripts/demo.sh)")
     args = parser.parse_args()
@@ -134,8 +156,7 @@ def main() -> int:
         return 0
     proto = load_protocol(args.protocol, ROOT)
     if args.budget_seconds > 0:
-        proto = Protocol(proto.recipe, args.budget_seconds, proto.data, proto.loss_rows, proto.infer_batch_size,
-                         proto.variants)
+        proto = dataclasses.replace(proto, budget_seconds=args.budget_seconds)
     names = [v for v in args.variants.split(",") if v] or list(proto.variants)
     unknown = sorted(set(names) - set(proto.variants))
     if unknown:
@@ -145,27 +166,29 @@ def main() -> int:
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() and not args.force else {}
     data = make_data(proto, out)
-    for name in names if args.rescore else []:
+    base, pretrain_s = pretrain(proto, data, out) if not (args.rescore or args.reinfer) else ([], 0.0)
+    for name in names if args.rescore or args.reinfer else []:
         for eval_set in results.get(name, {}).get("sets", {}):
-            print(f"== {name}: rescore {eval_set}", flush=True)
-            results[name]["sets"][eval_set] = score(proto.variants[name], eval_set, data, out, 0, rescore_only=True)
+            print(f"== {name}: {'infer + eval' if args.reinfer else 'rescore'} {eval_set}", flush=True)
+            results[name]["sets"][eval_set] = score(proto.variants[name], eval_set, data, out, proto.infer_batch_size,
+                                                    rescore_only=not args.reinfer)
         atomic_write_json(results_file, results)
-    for name in names if not args.rescore else []:
+    for name in names if not (args.rescore or args.reinfer) else []:
         if name in results and results[name].get("budget_seconds") == proto.budget_seconds:
             print(f"== {name}: done before (results.json), skipped; --force redoes it", flush=True)
             continue
         variant = proto.variants[name]
         print(f"== {name}: train ({proto.budget_seconds:.0f} s budget), plan {variant.plan}", flush=True)
         started = time.time()
-        metrics = train(proto, variant, data, out)
-        entry = {"budget_seconds": proto.budget_seconds, "train": metrics, "sets": {}}
+        metrics = train(proto, variant, data, out, base)
+        entry = {"budget_seconds": proto.budget_seconds, "pretrain_seconds": pretrain_s, "train": metrics, "sets": {}}
         for eval_set in variant.eval_sets:
             print(f"== {name}: infer + eval on {eval_set}", flush=True)
             entry["sets"][eval_set] = score(variant, eval_set, data, out, proto.infer_batch_size)
         entry["wall_seconds"] = round(time.time() - started, 1)
         results[name] = entry
         atomic_write_json(results_file, results)
-    rows = [row(name, s, results[name]["train"]["train_wall_seconds"], res)
+    rows = [row(name, s, results[name]["train"]["train_wall_seconds"] + results[name].get("pretrain_seconds", 0), res)
             for name in names if name in results for s, res in results[name]["sets"].items()]
     text = table(rows)
     atomic_write_text(out / "table.md", text + "\n")

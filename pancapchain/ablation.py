@@ -16,7 +16,8 @@ import yaml
 from pancapchain.config import RecipeConfig, load_recipe
 
 PLANS = ("chain", "no-discover", "direct")  # pancapchain.infer.chain.PLANS (not imported: no torch here)
-_TOP_KEYS = {"recipe", "budget_seconds", "data", "loss_rows", "infer_batch_size", "variants"}
+_TOP_KEYS = {"recipe", "budget_seconds", "pretrain_seconds", "data", "loss_rows", "infer_batch_size", "variants"}
+_OPTIONAL_KEYS = {"pretrain_seconds"}
 _VARIANT_KEYS = {"plan", "overrides", "eval_sets"}
 _SET_KEYS = {"n", "seed", "size"}
 
@@ -52,10 +53,17 @@ class Protocol:
     loss_rows: int
     infer_batch_size: int
     variants: dict[str, Variant] = field(default_factory=dict)
+    # > 0: `pancapchain pretrain-tiny` builds one base for every variant first; its seconds come out of each
+    # variant's budget (the variant trains for budget_seconds - pretrain_seconds on top of that base)
+    pretrain_seconds: float = 0.0
+
+    @property
+    def train_seconds(self) -> float:
+        return self.budget_seconds - self.pretrain_seconds
 
     def recipe_for(self, variant: Variant, extra: list[str] | None = None) -> RecipeConfig:
         """The validated recipe of ``variant`` (raises ConfigError naming every problem)."""
-        args = variant.override_args() + [f"train.max_seconds={self.budget_seconds}"] + list(extra or [])
+        args = variant.override_args() + [f"train.max_seconds={self.train_seconds}"] + list(extra or [])
         return load_recipe(str(self.recipe), args)
 
 
@@ -66,17 +74,20 @@ def load_protocol(path: str | Path, root: str | Path = ".") -> Protocol:
     if not isinstance(raw, dict):
         raise ProtocolError(f"{path}: a protocol is a YAML mapping")
     problems += [f"unknown key {k!r} (known: {sorted(_TOP_KEYS)})" for k in sorted(set(raw) - _TOP_KEYS)]
-    problems += [f"missing key {k!r}" for k in sorted(_TOP_KEYS - set(raw))]
+    problems += [f"missing key {k!r}" for k in sorted(_TOP_KEYS - _OPTIONAL_KEYS - set(raw))]
     if problems:
         raise ProtocolError(f"{path}:\n  - " + "\n  - ".join(problems))
     data = {name: _synth_set(name, spec, problems) for name, spec in (raw["data"] or {}).items()}
     if "train" not in data:
         problems.append("data needs a 'train' set")
     variants = {name: _variant(name, spec, set(data) - {"train"}, problems) for name, spec in raw["variants"].items()}
-    if float(raw["budget_seconds"]) <= 0:
+    budget, pretrain = float(raw["budget_seconds"]), float(raw.get("pretrain_seconds", 0) or 0)
+    if budget <= 0:
         problems.append("budget_seconds must be > 0")
-    proto = Protocol(Path(root) / raw["recipe"], float(raw["budget_seconds"]), data, int(raw["loss_rows"]),
-                     int(raw["infer_batch_size"]), variants)
+    if not 0 <= pretrain < budget:
+        problems.append(f"pretrain_seconds must be >= 0 and below budget_seconds ({budget:g}), not {pretrain:g}")
+    proto = Protocol(Path(root) / raw["recipe"], budget, data, int(raw["loss_rows"]), int(raw["infer_batch_size"]),
+                     variants, pretrain)
     for variant in variants.values():
         try:
             proto.recipe_for(variant)

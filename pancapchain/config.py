@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, STAGES, TASKS
+from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, LOC_TOKENS, STAGES, TASKS
 from pancapchain.model.tiny import TinyModelConfig
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
@@ -179,9 +179,10 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append(f"model.tiny.vision_position_init must be random or sincos, not {m.tiny.vision_position_init!r}")
     if d.item_order not in ("caption", "raster"):
         problems.append(f"data.item_order must be caption or raster, not {d.item_order!r}")
-    if d.box_format == "bins" and m.base != "tiny":
-        problems.append("data.box_format=bins adds <loc_i> tokens that only the tiny base's tokenizer has; "
-                        "use asmv2 (the paper's format) for a pretrained base")
+    if d.box_format == "bins" and m.base != "tiny" and not base_has_loc_tokens(m.base):
+        problems.append("data.box_format=bins needs <loc_i> tokens, which only the tiny base's tokenizer has "
+                        "(built by `tiny` or saved by `pancapchain pretrain-tiny`); use asmv2 (the paper's "
+                        "format) for a pretrained base")
     unknown = sorted(set(d.stages) - set(TASKS))
     if unknown:
         problems.append(f"data.stages has unknown stages {unknown}; known: {list(TASKS)}")
@@ -208,6 +209,16 @@ def validate(cfg: RecipeConfig) -> None:
     problems += mask_problems(cfg.mask)
     if problems:
         raise ConfigError("invalid recipe:\n  - " + "\n  - ".join(problems))
+
+
+def base_has_loc_tokens(base: str) -> bool:
+    """Whether a local base's saved tokenizer has the bins format's location tokens (read as text, no load)."""
+    folder = Path(base)
+    for name in ("tokenizer.json", "added_tokens.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file() and LOC_TOKENS[0] in path.read_text(encoding="utf-8", errors="replace"):
+            return True
+    return False
 
 
 def precision_problems(precision: str) -> list[str]:

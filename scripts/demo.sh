@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded synthetic default, on a laptop CPU:
-#   set up .venv -> generate scenes -> train the tiny chain recipe with its mask head (wall-clock budget)
+#   set up .venv -> generate scenes -> pretrain the tiny base's vision tower -> train the tiny chain recipe
+#   with its mask head on that base (wall-clock budget)
 #   -> run the four-stage chain on held-out scenes -> score it (PancapScore + masks) -> draw pictures.
 # Extra arguments are recipe overrides, e.g. ./scripts/demo.sh train.max_seconds=120
 set -euo pipefail
@@ -11,12 +12,17 @@ PY=.venv/bin/python
 DATA=${DEMO_DATA:-data/synth}
 RUN=${DEMO_RUN:-runs/demo}
 
-echo "== 1/5 synthetic scenes -> $DATA (train: seed 0; held-out val: seed 1)"
+echo "== 1/6 synthetic scenes -> $DATA (train: seed 0; held-out val: seed 1)"
 $PY -m pancapchain synth --out "$DATA/train" --n-train "${DEMO_N_TRAIN:-4000}" --n-val 0 --seed 0 --size 64 --no-progress
 $PY -m pancapchain synth --out "$DATA/val" --n-train 0 --n-val "${DEMO_N_VAL:-200}" --seed 1 --size 64 --no-progress
 
-echo "== 2/5 train the tiny chain recipe (with mask head) -> $RUN"
-$PY train.py --recipe "${DEMO_RECIPE:-recipes/tiny_chain.yaml}" data.train="$DATA/train/train.jsonl" \
+RECIPE=${DEMO_RECIPE:-recipes/tiny_chain.yaml}
+echo "== 2/6 pretrain the tiny base's vision tower (${DEMO_PRETRAIN_SECONDS:-90} s) -> $RUN-base"
+$PY -m pancapchain pretrain-tiny --recipe "$RECIPE" --out "$RUN-base" --seconds "${DEMO_PRETRAIN_SECONDS:-90}" \
+  data.train="$DATA/train/train.jsonl" "$@"
+
+echo "== 3/6 train the tiny chain recipe (with mask head) on that base -> $RUN"
+$PY train.py --recipe "$RECIPE" model.base="$RUN-base" data.train="$DATA/train/train.jsonl" \
   data.val="$DATA/val/val.jsonl" data.max_val_samples=48 train.output_dir="$RUN" train.resume=never "$@"
 $PY - "$RUN" <<'PYEOF'
 import json, sys
@@ -26,14 +32,14 @@ print(f"eval loss: start {start:.4f} -> end {end:.4f} (drop {100 * (1 - end / st
       f"training {m['train_wall_seconds']:.0f} s")
 PYEOF
 
-echo "== 3/5 four-stage chain on the held-out scenes -> $RUN/preds.jsonl"
+echo "== 4/6 four-stage chain on the held-out scenes -> $RUN/preds.jsonl"
 rm -f "$RUN/preds.jsonl"
 $PY -m pancapchain infer --model "$RUN" --data "$DATA/val/val.jsonl" --out "$RUN/preds.jsonl" --batch-size 16
 
-echo "== 4/5 PancapScore and mask metrics -> $RUN/eval"
+echo "== 5/6 PancapScore and mask metrics -> $RUN/eval"
 $PY -m pancapchain eval --pred "$RUN/preds.jsonl" --gt "$DATA/val/val.jsonl" --out "$RUN/eval" --no-caption-metrics
 
-echo "== 5/5 pictures -> $RUN/pictures/index.html"
+echo "== 6/6 pictures -> $RUN/pictures/index.html"
 $PY -m pancapchain visualize --pred "$RUN/preds.jsonl" --images "$DATA/val" --out "$RUN/pictures"
 
 echo "== the (a) row of benchmarks/learning_quality.py for this run:"

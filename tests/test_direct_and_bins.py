@@ -82,8 +82,10 @@ def test_the_ablation_protocol_validates_every_variant(tmp_path):
     assert {"chain", "direct", "no_discover"} <= set(proto.variants)
     assert proto.recipe_for(proto.variants["direct"]).data.stages["direct"] == 1.0
     assert proto.recipe_for(proto.variants["no_discover"]).data.stages["discover"] == 0.0
-    assert proto.recipe_for(proto.variants["chain"]).train.max_seconds == proto.budget_seconds
+    # the shared pretrained base's seconds come out of every variant's training budget
+    assert proto.recipe_for(proto.variants["chain"]).train.max_seconds == proto.budget_seconds - proto.pretrain_seconds
     bad = json.loads(json.dumps({"recipe": "recipes/tiny_chain.yaml", "budget_seconds": 10, "loss_rows": 4,
+                                 "pretrain_seconds": 10,
                                  "infer_batch_size": 2, "data": {"train": {"n": 4, "seed": 0, "size": 64}},
                                  "variants": {"x": {"plan": "sideways", "overrides": {"data.nope": 1},
                                                     "eval_sets": ["val"]}}}))
@@ -93,6 +95,7 @@ def test_the_ablation_protocol_validates_every_variant(tmp_path):
         load_protocol(path, ROOT)
     text = str(err.value)
     assert "plan 'sideways'" in text and "eval set 'val'" in text and "data.nope" in text
+    assert "pretrain_seconds must be >= 0 and below budget_seconds (10)" in text
 
 
 def test_raster_order_lists_items_top_band_first_then_left_to_right():

@@ -16,6 +16,7 @@ from pancapchain.errors import debug_requested, run_guarded
 
 COMMANDS = (
     "train",
+    "pretrain-tiny",
     "validate-data",
     "synth",
     "prepare",

@@ -18,6 +18,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", choices=STAGES, default=None, help="stop the chain after this stage")
     parser.add_argument("--no-repeat-stop", action="store_true",
                         help="let a looping answer run to max tokens (default: end it at the first repeated item)")
+    parser.add_argument("--free-boxes", action="store_true",
+                        help="let the label and caption stages write boxes their prompt does not give "
+                             "(default: only the given ones; location-token box format)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -37,7 +40,8 @@ def generation_options(args: argparse.Namespace):
     budget = ({s: args.max_new_tokens for s in (*STAGES, DIRECT)} if args.max_new_tokens > 0
               else dict(DEFAULT_MAX_NEW_TOKENS))
     return GenerationOptions(budget, args.sample, args.temperature, args.top_p, args.seed, args.stop_after,
-                             stop_on_repeat=not getattr(args, "no_repeat_stop", False))
+                             stop_on_repeat=not getattr(args, "no_repeat_stop", False),
+                             given_boxes=not getattr(args, "free_boxes", False))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -34,6 +34,8 @@ PLANS: dict[str, tuple[str, ...]] = {
     "no-discover": ("localize", "label", "caption"),
     "direct": (DIRECT,),
 }
+# Stages whose prompt gives the boxes their answer writes (GenerationOptions.given_boxes)
+GIVEN_BOX_STAGES = ("label", "caption")
 
 
 def output_slot(task: str) -> str:
@@ -154,8 +156,10 @@ class PancapChain:
         """Generate ``stage`` for every state in one batch (``features`` from ``encode`` for these states)."""
         prompts = [self.stage_prompt(stage, s) for s in states]
         guard = None if not options.stop_on_repeat else ("text" if output_slot(stage) == "caption" else "items")
+        given = options.given_boxes and stage in GIVEN_BOX_STAGES
         texts = self.generator.generate(
-            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard
+            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard,
+            given_boxes=given,
         )
         for state, prompt, decoded in zip(states, prompts, texts):
             out = self.set_output(state, stage, decoded.text, prompt, decoded.truncated)

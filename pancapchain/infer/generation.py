@@ -12,9 +12,11 @@ from typing import NamedTuple
 
 import torch
 from PIL import Image
+from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from pancapchain.constants import BOX_CLOSE, DIRECT, STAGES
+from pancapchain.infer.given_boxes import GivenBoxes
 from pancapchain.infer.repeats import RepeatStop
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
@@ -34,6 +36,9 @@ class GenerationOptions:
     seed: int = 0
     stop_after: str | None = None  # a stage name: stop the chain after it
     stop_on_repeat: bool = True  # end an answer that starts to loop (pancapchain.infer.repeats)
+    # label and caption answers may only write boxes their prompt gives (pancapchain.infer.given_boxes;
+    # location-token format only)
+    given_boxes: bool = True
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -104,10 +109,13 @@ class Generator:
         system: str | None,
         generate_kwargs: dict,
         repeat_guard: str | None = None,
+        given_boxes: bool = False,
     ) -> list[Decoded]:
         """Decode one answer per prompt. ``repeat_guard``: "items" (item lists) or "text" (captions) stops a
-        row that starts to loop (see pancapchain.infer.repeats); None decodes to EOS or max_new_tokens."""
+        row that starts to loop (see pancapchain.infer.repeats); None decodes to EOS or max_new_tokens.
+        ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes)."""
         input_ids, attention_mask = self.tokenize(prompts, sizes, system)
+        processor = GivenBoxes.from_prompts(input_ids, self.tokenizer) if given_boxes else None
         if generate_kwargs.get("do_sample"):
             torch.manual_seed(self.seed)
         guard = self._repeat_stop(input_ids.shape[1], repeat_guard)
@@ -118,6 +126,7 @@ class Generator:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             stopping_criteria=[guard] if guard else None,
+            logits_processor=LogitsProcessorList([processor]) if processor else None,
             **generate_kwargs,
         )
         new_tokens = out[:, input_ids.shape[1] :]

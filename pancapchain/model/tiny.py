@@ -73,6 +73,9 @@ class TinyModelConfig:
     # row and column, as in MAE/ViT-2D). Only the start differs; they are trained either way. A random tower
     # must first discover where its patches are before any box can be learned; sincos starts from that.
     vision_position_init: str = "random"
+    # Which tower layer the projector reads. -2 (LLaVA's penultimate layer) suits a CLIP whose last layer
+    # serves its contrastive objective; a 2-layer tower trained from scratch wastes its last layer with -2.
+    vision_feature_layer: int = -2
     seed: int = 0
 
 
@@ -155,7 +158,7 @@ def build_tiny_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyModelConfig) -
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        vision_feature_layer=-2,
+        vision_feature_layer=cfg.vision_feature_layer,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         image_seq_length=(cfg.image_size // cfg.patch_size) ** 2,

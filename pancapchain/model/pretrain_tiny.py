@@ -1,0 +1,78 @@
+"""``pretrain-tiny``: build the tiny LLaVA of a recipe, pretrain its vision tower, save it as a llava-hf folder.
+
+The folder is a base like any local LLaVA checkpoint (``model.base: <folder>`` in a recipe): config +
+safetensors weights + processor (the tokenizer, with the bins format's ``<loc_i>`` tokens when the recipe uses
+them). Only the vision tower is pretrained (:mod:`pancapchain.model.vision_pretrain`); the projector and the
+language model keep their seeded random init, as a LLaVA base keeps a projector to be trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from pancapchain.config import RecipeConfig
+from pancapchain.constants import DIRECT, STAGES
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.io import atomic_write_json, load_samples
+from pancapchain.data.prompts import load_prompts
+from pancapchain.errors import UserError
+
+log = logging.getLogger(__name__)
+PRETRAIN_FILE = "pretrain_tiny.json"
+
+
+def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
+    """The texts the tiny tokenizer is trained on (every chain stage + direct, so one base serves every
+    variant's recipe) and the ids of the samples that passed validation."""
+    from pancapchain.train.dataset import collect_stage_examples
+
+    prompts = load_prompts(cfg.data.prompt_version)
+    tasks = [*STAGES, DIRECT]
+    triples, _report = collect_stage_examples(
+        cfg.data.train, cfg.data.image_root or None, prompts, BoxCodec(cfg.data.box_format), tasks,
+        tuple(cfg.data.discover_ratio), cfg.train.seed, cfg.data.strict, item_order=cfg.data.item_order,
+    )
+    texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, *_ in triples]
+    return texts, {ex.sample_id for ex, *_ in triples}
+
+
+def pretrain_tiny(cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64) -> dict:
+    """Build the recipe's tiny base, pretrain its tower for ``seconds`` on ``data.train``, save it to ``out``.
+
+    Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
+    """
+    from pancapchain.model.build import load_base
+    from pancapchain.model.vision_pretrain import build_targets, load_pixels, pretrain_vision, tag_vocabulary
+
+    if cfg.model.base != "tiny":
+        raise UserError(f"pretrain-tiny builds the tiny base: the recipe's model.base is {cfg.model.base!r}, "
+                        "not 'tiny'")
+    started = time.monotonic()
+    texts, kept = tokenizer_texts(cfg)
+    samples = [s for s in load_samples(cfg.data.train)[0] if s.id in kept]
+    if not samples:
+        raise UserError(f"pretrain-tiny: no usable sample in {cfg.data.train}")
+    model, processor = load_base(cfg, texts)
+    grid = cfg.model.tiny.image_size // cfg.model.tiny.patch_size
+    vocab = tag_vocabulary(samples)
+    root = Path(cfg.data.image_root) if cfg.data.image_root else Path(cfg.data.train).parent
+    pixels = load_pixels(samples, root, processor.image_processor)
+    targets = build_targets(samples, grid, vocab)
+    prepared = time.monotonic() - started
+    stats = pretrain_vision(model, pixels, targets, seconds=seconds, lr=lr, batch_size=batch_size,
+                            seed=cfg.model.tiny.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    report = {
+        "task": "dense patch tags + owner boxes (pancapchain.model.vision_pretrain)",
+        "data": str(cfg.data.train), "images": len(samples), "classes": len(vocab),
+        "box_format": cfg.data.box_format, "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
+        "prepare_seconds": round(prepared, 1), **stats,
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+    atomic_write_json(out / PRETRAIN_FILE, report)
+    return report

@@ -1,0 +1,172 @@
+"""Dense pretraining of the tiny vision tower on synthetic scenes: the stand-in for a pretrained CLIP.
+
+A LLaVA user starts from a vision tower that already sees. The tiny base is random, and the chain recipe's
+measurements (docs/learning_quality.md) found perception to be the bottleneck: within minutes of LLaVA training
+a random tower never learns where the small shapes are. This step teaches it first, cheaply: the tower alone
+(no language model, 64 patch tokens per image) runs ~50x faster per image than a LLaVA training row.
+
+Targets for each patch of the ``G x G`` grid the tower sees (the padded square, as LLaVA's "pad" mode):
+* ``classes (G*G, C)``: the fraction of the patch each tag covers (index 0 = the padding), a soft label;
+* ``boxes (G*G, 4)``: the box, on the padded square, of the entity that owns the patch (a thing covering at
+  least :data:`THING_SHARE` of it wins over the stuff around it), with ``box_weight (G*G,)`` 0 where nothing
+  owns the patch (padding).
+
+The loop is plain torch on purpose: a vision-only pretext task with a throwaway head, no text, no checkpoints,
+where the HF Trainer would add collation and logging overhead and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from pancapchain.data.schema import PanopticSample
+from pancapchain.mask.rle import box_to_mask, decode_rle, masks_to_square
+from pancapchain.mask.targets import box_on_square
+
+PAD_CLASS = "<pad>"
+THING_SHARE = 0.2  # a thing owning >= 20% of a patch owns it: shapes are small next to the stuff around them
+
+
+@dataclass
+class DenseTargets:
+    """Stacked per-patch targets of N images: classes (N, G*G, C), boxes (N, G*G, 4), box_weight (N, G*G)."""
+
+    classes: torch.Tensor
+    boxes: torch.Tensor
+    box_weight: torch.Tensor
+
+
+def tag_vocabulary(samples: Sequence[PanopticSample]) -> dict[str, int]:
+    """Every tag of ``samples`` -> class index (sorted; index 0 is the padding class)."""
+    tags = sorted({entity.tag for sample in samples for entity in sample.entities})
+    return {PAD_CLASS: 0, **{tag: i + 1 for i, tag in enumerate(tags)}}
+
+
+def patch_targets(
+    sample: PanopticSample, grid: int, vocab: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's targets: classes (G*G, C), boxes (G*G, 4) on the padded square, box_weight (G*G,)."""
+    h, w = sample.height, sample.width
+    masks = np.stack(
+        [
+            decode_rle(e.mask, f"{sample.id} entity {e.id}") if e.mask is not None else box_to_mask(e.box, h, w)
+            for e in sample.entities
+        ]
+        + [np.ones((h, w), dtype=bool)]
+    )
+    shares = masks_to_square(masks, grid, binary=False).reshape(len(masks), grid * grid)  # (N+1, G*G)
+    image_share, shares = shares[-1], shares[:-1]
+    classes = torch.zeros(grid * grid, len(vocab))
+    classes[:, 0] = 1.0 - image_share
+    for entity, share in zip(sample.entities, shares):
+        classes[:, vocab.get(entity.tag, 0)] += share
+    classes = classes / classes.sum(-1, keepdim=True).clamp_min(1e-6)
+    is_thing = torch.tensor([e.is_thing for e in sample.entities], dtype=torch.bool)
+    owner_score = shares + (is_thing[:, None] & (shares >= THING_SHARE)).float()  # things first, then coverage
+    owner = owner_score.argmax(0) if len(sample.entities) else torch.zeros(grid * grid, dtype=torch.long)
+    squares = torch.tensor([box_on_square(e.box, w, h) for e in sample.entities] or [[0.0] * 4])
+    boxes = squares[owner]
+    weight = (shares.max(0).values > 0.1).float() if len(sample.entities) else torch.zeros(grid * grid)
+    return classes, boxes, weight
+
+
+def build_targets(samples: Sequence[PanopticSample], grid: int, vocab: dict[str, int]) -> DenseTargets:
+    parts = [patch_targets(s, grid, vocab) for s in tqdm(samples, desc="dense targets", leave=False)]
+    return DenseTargets(*(torch.stack(list(p)) for p in zip(*parts)))
+
+
+def load_pixels(samples: Sequence[PanopticSample], image_root: Path, image_processor, chunk: int = 256) -> torch.Tensor:
+    """(N, 3, S, S) pixel values exactly as the LLaVA processor prepares them for the tower."""
+    out = []
+    for start in tqdm(range(0, len(samples), chunk), desc="images", leave=False):
+        images = [Image.open(image_root / s.image).convert("RGB") for s in samples[start : start + chunk]]
+        out.append(image_processor(images, return_tensors="pt")["pixel_values"])
+    return torch.cat(out)
+
+
+class DenseHead(nn.Module):
+    """Patch features (B, G*G, D) -> class logits (B, G*G, C) and boxes (B, G*G, 4) in [0, 1]."""
+
+    def __init__(self, dim: int, n_classes: int):
+        super().__init__()
+        self.classes = nn.Linear(dim, n_classes)
+        self.boxes = nn.Linear(dim, 4)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.classes(features), self.boxes(features).sigmoid()
+
+
+def patch_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, G*G, D): the tower layer LLaVA feeds its projector, CLS dropped ("default")."""
+    tower = model.model.vision_tower
+    hidden = tower(pixel_values, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+    return hidden[:, 1:]
+
+
+def dense_loss(head: DenseHead, features: torch.Tensor, targets: DenseTargets) -> tuple[torch.Tensor, dict]:
+    """Soft-label cross-entropy over classes + L1 on owned patches' boxes (weight 5: boxes are what LLaVA needs)."""
+    logits, boxes = head(features)
+    ce = -(targets.classes * logits.log_softmax(-1)).sum(-1).mean()
+    l1 = ((boxes - targets.boxes).abs().sum(-1) * targets.box_weight).sum() / targets.box_weight.sum().clamp_min(1)
+    acc = (logits.argmax(-1) == targets.classes.argmax(-1)).float().mean()
+    return ce + 5.0 * l1, {"class_ce": ce.item(), "box_l1": l1.item(), "class_acc": acc.item()}
+
+
+def pretrain_vision(
+    model,
+    pixels: torch.Tensor,
+    targets: DenseTargets,
+    *,
+    seconds: float,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    max_steps: int = 0,
+) -> dict:
+    """Train ``model``'s vision tower in place on the dense targets for ``seconds`` (or ``max_steps``).
+
+    Linear warmup (5% of the budget) then cosine decay on elapsed time. Returns the metrics averaged over the
+    last 20 steps (class_ce, box_l1, class_acc) with the step count and seconds.
+    """
+    torch.manual_seed(seed)
+    tower = model.model.vision_tower
+    head = DenseHead(model.config.vision_config.hidden_size, targets.classes.shape[-1])
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    tower.train()
+    start, step, recent = time.monotonic(), 0, []
+    bar = tqdm(total=int(seconds) if not max_steps else max_steps, desc="pretrain vision", unit="s" if not max_steps else "step")
+    while True:
+        elapsed = time.monotonic() - start
+        done = step >= max_steps if max_steps else elapsed >= seconds
+        if done:
+            break
+        frac = step / max_steps if max_steps else elapsed / seconds
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (frac / 0.05 if frac < 0.05 else 0.5 * (1 + math.cos(math.pi * (frac - 0.05) / 0.95)))
+        idx = torch.randint(0, len(pixels), (batch_size,))
+        batch = DenseTargets(targets.classes[idx], targets.boxes[idx], targets.box_weight[idx])
+        loss, metrics = dense_loss(head, patch_features(model, pixels[idx]), batch)
+        recent = (recent + [metrics])[-20:]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1 if max_steps else int(time.monotonic() - start) - bar.n)
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['class_acc']:.2f}", refresh=False)
+    bar.close()
+    tower.eval()
+    means = {k: round(sum(m[k] for m in recent) / max(1, len(recent)), 4) for k in (recent[0] if recent else {})}
+    return {**means, "steps": step, "seconds": round(time.monotonic() - start, 1)}

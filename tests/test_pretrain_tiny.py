@@ -1,0 +1,77 @@
+"""pretrain-tiny: dense patch targets, the tower-only pretraining, and the llava-hf folder it saves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_overrides, write_dataset
+
+from pancapchain.config import ConfigError, load_recipe
+from pancapchain.data.schema import Entity, PanopticSample
+from pancapchain.mask.rle import box_to_mask, encode_rle
+from pancapchain.model.vision_pretrain import PAD_CLASS, patch_targets, tag_vocabulary
+
+
+def _scene(width: int, height: int) -> PanopticSample:
+    thing_box = (0.0, 0.0, 0.25, 0.25)
+    ground = Entity(0, "grass", (0.0, 0.0, 1.0, 1.0), encode_rle(box_to_mask((0, 0, 1, 1), height, width)),
+                    is_thing=False)
+    shape = Entity(1, "red square", thing_box, encode_rle(box_to_mask(thing_box, height, width)))
+    return PanopticSample("scene", "images/x.png", width, height, (ground, shape), "caption")
+
+
+def test_patch_targets_of_a_square_scene():
+    sample = _scene(64, 64)
+    vocab = tag_vocabulary([sample])
+    assert vocab == {PAD_CLASS: 0, "grass": 1, "red square": 2}
+    classes, boxes, weight = patch_targets(sample, 4, vocab)  # 16 px per patch, the thing is one patch
+    assert classes.shape == (16, 3) and boxes.shape == (16, 4) and weight.shape == (16,)
+    torch.testing.assert_close(classes.sum(-1), torch.ones(16))
+    # the stuff mask covers the thing's patch too (masks overlap here): both tags share it
+    assert classes[0, 2] == pytest.approx(0.5) and classes[0, 1] == pytest.approx(0.5)
+    assert classes[5, 1] == pytest.approx(1.0) and classes[:, 0].abs().max() == 0
+    torch.testing.assert_close(boxes[0], torch.tensor([0.0, 0.0, 0.25, 0.25]))  # the thing owns its patch
+    torch.testing.assert_close(boxes[5], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert weight.min() == 1.0
+
+
+def test_patch_targets_on_the_padded_square():
+    sample = _scene(64, 32)  # padded to 64x64: 16 px bars of padding above and below
+    classes, boxes, weight = patch_targets(sample, 4, tag_vocabulary([sample]))
+    rows = classes[:, 0].reshape(4, 4)
+    torch.testing.assert_close(rows[0], torch.ones(4))  # the top row is all padding
+    torch.testing.assert_close(rows[1], torch.zeros(4))
+    assert weight.reshape(4, 4)[0].sum() == 0 and weight.reshape(4, 4)[1].sum() == 4
+    # the thing (top-left quarter-width, quarter-height of the image) on the square: y from 0.25 to 0.375
+    torch.testing.assert_close(boxes[4], torch.tensor([0.0, 0.25, 0.25, 0.375]))
+
+
+def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp_path, one_thread):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from pancapchain.model.build import load_base
+    from pancapchain.model.pretrain_tiny import PRETRAIN_FILE, pretrain_tiny, tokenizer_texts
+
+    train = write_dataset(tmp_path / "data", n=6, width=32, height=32)
+    cfg = load_recipe("recipes/tiny_chain.yaml", tiny_overrides(train, tmp_path / "run", **{
+        "lora.enabled": "false", "model.tiny.vision_feature_layer": "-1"}))
+    out = tmp_path / "base"
+    report = pretrain_tiny(cfg, out, seconds=2.0, batch_size=4)
+    assert report["steps"] > 0 and report["images"] == 6 and (out / PRETRAIN_FILE).is_file()
+    assert (out / "model.safetensors").is_file()
+
+    model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True, use_safetensors=True)
+    processor = AutoProcessor.from_pretrained(out, local_files_only=True)
+    assert "<loc_0>" in processor.tokenizer.get_vocab()
+    assert model.config.vision_feature_layer == -1
+
+    random_base, _ = load_base(cfg, tokenizer_texts(cfg)[0])  # the same tokenizer and seeded init, untrained
+    tower = dict(model.model.vision_tower.named_parameters())
+    moved = [n for n, p in random_base.model.vision_tower.named_parameters() if not torch.equal(p, tower[n])]
+    assert moved, "pretraining left the vision tower unchanged"
+    lm = dict(model.model.language_model.named_parameters())
+    assert all(torch.equal(p, lm[n]) for n, p in random_base.model.language_model.named_parameters())
+
+    assert load_recipe("recipes/tiny_chain.yaml", [f"model.base={out}", f"data.train={train}"]).model.base == str(out)
+    with pytest.raises(ConfigError, match="needs <loc_i> tokens"):
+        load_recipe("recipes/tiny_chain.yaml", [f"model.base={tmp_path / 'data'}", f"data.train={train}"])

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -110,6 +112,13 @@ def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, bat
     return {"metrics": metrics, "cut": cut_share(preds)}
 
 
+def base_seconds(run_dir: Path) -> float:
+    """Wall seconds of the pretrain-tiny base a run started from (0 for any other base)."""
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+    report = Path(str((recipe.get("model") or {}).get("base", ""))) / "pretrain_tiny.json"
+    return float(json.loads(report.read_text())["total_seconds"]) if report.is_file() else 0.0
+
+
 def cut_share(preds: Path) -> dict:
     """Stage outputs that hit max_new_tokens, over all stage outputs of the predictions."""
     cut = total = 0
@@ -150,7 +159,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.row:
         run_dir, preds, eval_dir = (Path(p) for p in args.row)
-        train_s = json.loads((run_dir / "metrics.json").read_text())["train_wall_seconds"]
+        train_s = json.loads((run_dir / "metrics.json").read_text())["train_wall_seconds"] + base_seconds(run_dir)
         result = {"metrics": json.loads((eval_dir / "metrics.json").read_text()), "cut": cut_share(preds)}
         print(table([row("chain", "val", train_s, result)]))
         return 0

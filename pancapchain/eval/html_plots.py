@@ -47,6 +47,11 @@ def histogram_svg(values: list[float], lo: float, hi: float, bins: int, title: s
         mx = _MARGIN_LEFT + inner_w * (mean - lo) / (hi - lo)
         parts += [f'<line x1="{mx:.1f}" y1="{_MARGIN_TOP}" x2="{mx:.1f}" y2="{base_y}" stroke="#c44e52" '
                   'stroke-dasharray="4 3" stroke-width="1.5"/>',
-                  f'<text x="{mx:.1f}" y="{base_y + 24}" text-anchor="middle" class="tick mean">mean {mean:.1f}</text>']
+                  f'<text x="{mx:.1f}" y="{base_y + 24}" text-anchor="{_anchor(mx)}" class="tick mean">mean {mean:.1f}</text>']
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _anchor(x: float) -> str:
+    """Text anchor that keeps a label near either end of the plot inside it."""
+    return "end" if x > PLOT_WIDTH - 40 else "start" if x < _MARGIN_LEFT + 30 else "middle"

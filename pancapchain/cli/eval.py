@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-caption-metrics", action="store_true", help="skip BLEU/CIDEr/ROUGE/METEOR")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is present")
     parser.add_argument("--meteor-jar", default=None, help="path to meteor-1.5.jar (default: pycocoevalcap's)")
+    parser.add_argument("--html", nargs="?", const="", default=None, metavar="PATH",
+                        help="also write a self-contained HTML report (default PATH: OUT/report.html): boxes drawn "
+                        "on each image (--image-root) or a blank canvas, matched/missed/extra entities coloured, "
+                        "score histograms")
+    parser.add_argument("--html-images", type=int, default=100, metavar="N",
+                        help="image cards in the HTML report: the first N images (0 = all; every image is in its "
+                        "table either way)")
     parser.set_defaults(func=run)
 
 
@@ -97,6 +104,9 @@ def _preflight(args: argparse.Namespace) -> None:
     for flag, value in (("--embed-threshold", args.embed_threshold), ("--iou-threshold", args.iou_threshold),
                         ("--support-threshold", args.support_threshold)):
         preflight.in_range(value, 0.0, 1.0, flag)
+    if args.html:
+        preflight.output_dir(Path(args.html).parent, "--html")
+    preflight.at_least(args.html_images, 0, "--html-images")
     preflight.at_least(args.judge_batch_size, 1, "--judge-batch-size")
     preflight.at_least(args.judge_max_new_tokens, 1, "--judge-max-new-tokens")
 
@@ -122,4 +132,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: ... and {len(warned) - MAX_PRINTED_WARNINGS} more images with warnings (see per_image.json)",
               file=sys.stderr)
     print(f"wrote {paths['metrics']}, {paths['per_image']}, {paths['summary']} ({result.metrics['seconds']} s)")
+    if args.html is not None:
+        from pancapchain.eval.html_report import write_html
+
+        roots = [Path(args.image_root)] if args.image_root else [Path(args.gt).parent]
+        html = write_html(result, args.html or Path(args.out) / "report.html", roots, args.html_images)
+        print(f"wrote {html}")
     return 0

@@ -33,7 +33,14 @@ from pancapchain.eval.content import (
 from pancapchain.eval.embed import Embedder
 from pancapchain.eval.judge import JudgeBackend, JudgeCache, JudgeRequest, run_cached
 from pancapchain.eval.judge_prompts import JudgePrompts
-from pancapchain.eval.matching import OFFICIAL, EntityMatch, MatchConfig, TaggedEntity, match_entities
+from pancapchain.eval.matching import (
+    OFFICIAL,
+    EntityMatch,
+    MatchConfig,
+    TaggedEntity,
+    entity_layout,
+    match_entities,
+)
 from pancapchain.eval.scores import PRF, ZERO, ImageResult, answer_pair_score
 
 ITEM_KINDS = {"attr": "attribute", "rel": "relation", "global": "global"}
@@ -55,6 +62,7 @@ class Transfer:
     lines: list[str]
     asked: dict[str, set[int]] = field(default_factory=lambda: {k: set() for k in ITEM_KINDS.values()})
     match: EntityMatch | None = None
+    layout: dict[str, list[dict]] = field(default_factory=dict)  # entity_layout of the match (asking = rows)
 
 
 def tagged_entities(content: Content) -> tuple[list[str], list[TaggedEntity]]:
@@ -75,7 +83,8 @@ def transfer_questions(
 ) -> Transfer:
     """Answering side's entity/location lines, then the asking side's questions in its entity IDs."""
     match, emap = match_contents(asking, answering, embedder, config)
-    out = Transfer(answering.context_lines(), match=match)
+    out = Transfer(answering.context_lines(), match=match,
+                   layout=entity_layout(match, tagged_entities(asking)[1], tagged_entities(answering)[1]))
     next_id = answering.next_line_id()
     for _, ref, text in asking.attributes:
         if ref in emap:
@@ -216,6 +225,8 @@ def run_judge(
         score_judged_image(img.id, resp[img.id], transfers[img.id], transfers[img.id]["gt_to_pred"].match)
         for img in images
     ]
+    for img, result in zip(images, results):
+        result.entities = transfers[img.id]["gt_to_pred"].layout
     return results, stats
 
 

@@ -191,3 +191,22 @@ def match_entities(
     match.tag = PRF.from_counts(len(pairs), len(pred), len(pairs), len(gt))
     match.loc = PRF.from_counts(len(loc_ok), n_pred_boxes, len(loc_ok), n_gt_boxes)
     return match
+
+
+def entity_layout(match: EntityMatch, gt: Sequence[TaggedEntity], pred: Sequence[TaggedEntity]) -> dict[str, list[dict]]:
+    """Both sides' entities with their match status, for reports: ``{"gt": [...], "pred": [...]}``, each
+    entity ``{"tag", "box" (normalized xyxy or None), "match" (index on the other side or None), "loc_ok"}``.
+    A GT entity without a match is *missed*, a predicted one *extra*."""
+    g2p = match.mapping
+    p2g = {p: g for g, p in g2p.items()}
+
+    def rows(entities: Sequence[TaggedEntity], other: dict[int, int], gt_side: bool) -> list[dict]:
+        out = []
+        for i, e in enumerate(entities):
+            j = other.get(i)
+            pair = (i, j) if gt_side else (j, i)
+            out.append({"tag": e.tag, "box": None if e.box is None else [round(float(v), 4) for v in e.box],
+                        "match": j, "loc_ok": j is not None and pair in match.loc_ok})
+        return out
+
+    return {"gt": rows(gt, g2p, True), "pred": rows(pred, p2g, False)}

@@ -25,13 +25,21 @@ below ``support_threshold``. These scores approximate the judge's; they are not 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.schema import Box, PanopticSample
 from pancapchain.eval.embed import Embedder
-from pancapchain.eval.matching import OFFICIAL, EntityMatch, MatchConfig, TaggedEntity, match_entities
+from pancapchain.eval.matching import (
+    OFFICIAL,
+    EntityMatch,
+    MatchConfig,
+    TaggedEntity,
+    entity_layout,
+    match_entities,
+)
 from pancapchain.eval.scores import PRF, ZERO, ImageResult
 
 UNNAMED_TAG = "unnamed entity"
@@ -215,6 +223,7 @@ def items_from_sample(sample: PanopticSample, box_rules: str = "official") -> Of
 # ---------------------------------------------------------------------------------------------- support
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalize_text(text: str) -> str:
     return " ".join(_WORDS_RE.findall(text.lower()))
 
@@ -342,7 +351,8 @@ def finish_offline(prep: PreparedImage, embedder: Embedder | None, config: Offli
         rec = [next(support) for _ in rec_q]
         prec = [next(support) for _ in prec_q]
         scores[dim] = _item_prf(sizes[dim][0], sizes[dim][1], rec, prec)
-    result = ImageResult(prep.image_id, scores, counts=_counts(match, gt, pred), matches=_match_rows(match, gt, pred))
+    result = ImageResult(prep.image_id, scores, counts=_counts(match, gt, pred), matches=_match_rows(match, gt, pred),
+                         entities=entity_layout(match, gt.entities, pred.entities))
     result.warnings = [f"prediction: {w}" for w in pred.warnings] + [f"gt: {w}" for w in gt.warnings]
     if not gt.entities:
         result.warnings.append("gt has no entities (tag/loc = 1 only if the prediction has none)")

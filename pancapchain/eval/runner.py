@@ -27,6 +27,7 @@ from pancapchain.eval.masks import mask_ap, png_average_recall
 from pancapchain.eval.matching import MatchConfig, wordnet_status
 from pancapchain.eval.offline import (
     OfflineConfig,
+    OfflineItems,
     SupportScorer,
     finish_offline,
     items_from_caption,
@@ -65,6 +66,7 @@ class EvalOptions:
 class EvalResult:
     images: list[ImageResult]
     metrics: dict[str, Any]
+    frames: dict[str, dict[str, Any]] = field(default_factory=dict)  # GT id -> {"image", "width", "height"}
 
 
 @dataclass
@@ -138,12 +140,18 @@ def grid_boxes_to_normalized(text: str, width: int, height: int, box_rules: str 
 
 def _offline_results(pairs: list[_Pair], embedder: Embedder, options: EvalOptions,
                      clock: _Stopwatch) -> list[ImageResult]:
-    gt_items = [
-        items_from_sample(p.gt.sample, options.box_rules) if p.gt.sample
-        else items_from_caption(p.gt.caption, p.width, p.height, options.box_rules)
-        for p in pairs
-    ]
-    pred_items = [items_from_caption(p.pred.caption, p.width, p.height, options.box_rules) for p in pairs]
+    parsed: dict[tuple[str, int, int], OfflineItems] = {}
+
+    def from_caption(caption: str, width: int, height: int) -> OfflineItems:
+        # a caption repeated (a prediction equal to a GT caption, copied captions) is parsed once; items are read-only
+        key = (caption, width, height)
+        if key not in parsed:
+            parsed[key] = items_from_caption(caption, width, height, options.box_rules)
+        return parsed[key]
+
+    gt_items = [items_from_sample(p.gt.sample, options.box_rules) if p.gt.sample
+                else from_caption(p.gt.caption, p.width, p.height) for p in pairs]
+    pred_items = [from_caption(p.pred.caption, p.width, p.height) for p in pairs]
     clock.lap("offline: parse captions")
     all_tags = sorted({e.tag for items in gt_items + pred_items for e in items.entities})
     if all_tags:
@@ -257,7 +265,8 @@ def evaluate(
     metrics = _metrics(images, options, embedder, gt_report, pred_report, notes + mask_notes + caption_notes)
     metrics.update({"mask_metrics": masks, "caption_metrics": captions, "judge_calls": judge_stats,
                     "seconds": round(clock.total(), 2), "stage_seconds": clock.laps})
-    return EvalResult(images, metrics)
+    frames = {g.id: {"image": g.image, "width": g.width, "height": g.height} for g in gts}
+    return EvalResult(images, metrics, frames)
 
 
 class _Stopwatch:

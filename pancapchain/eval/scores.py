@@ -126,6 +126,7 @@ class ImageResult:
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     matches: list[dict] = field(default_factory=list)
+    entities: dict[str, list[dict]] = field(default_factory=dict)  # see matching.entity_layout
 
     @property
     def overall(self) -> float:
@@ -140,6 +141,7 @@ class ImageResult:
             "counts": dict(self.counts),
             "warnings": list(self.warnings),
             "matches": list(self.matches),
+            **({"entities": self.entities} if self.entities else {}),
         }
 
 

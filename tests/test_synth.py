@@ -351,3 +351,18 @@ def test_cli_writes_the_expected_files(tmp_path, capsys):
 def test_cli_rejects_bad_arguments(tmp_path, capsys, bad):
     assert main(["synth", "--out", str(tmp_path / "x"), "--no-progress", *bad]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_atomic_writes_get_the_users_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from pancapchain.data.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "metrics.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644  # mkstemp alone gives 0600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left behind

@@ -105,7 +105,8 @@ def test_judge_shards_fill_the_cache_that_one_scoring_pass_reads(tiny_lm, tmp_pa
     gts, preds = [], []
     for i in range(3):
         caption = f"A brown dog [[0.1, 0.1, 0.{i + 4}, 0.5]] sits on grass [[0.0, 0.5, 1.0, 1.0]]."
-        gts.append({"id": f"im{i}", "image": f"im{i}.png", "width": 64, "height": 48, "caption": caption})
+        gts.append({"id": f"im{i}", "image": f"im{i}.png", "width": 64, "height": 48, "caption": caption,
+                    "entities": [{"id": 0, "tag": "brown dog", "box": [0.1, 0.1, 0.4 + i / 10, 0.5]}]})
         preds.append({"id": f"im{i}", "caption": f"A dog [[0.1, 0.1, 0.{i + 5}, 0.5]] on grass."})
     (tmp_path / "gt.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gts))
     (tmp_path / "pred.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
@@ -114,6 +115,7 @@ def test_judge_shards_fill_the_cache_that_one_scoring_pass_reads(tiny_lm, tmp_pa
     args = (tmp_path / "pred.jsonl", tmp_path / "gt.jsonl", options)
     one = evaluate(*args, out_dir=tmp_path / "one")
     shards = [judge_shard(*args, tmp_path / "two", lambda pairs, r=r: pairs[2 * r : 2 * r + 2]) for r in (0, 1)]
+    assert one.metrics["image_status"] == {"ok": 3}
     assert sum(s["calls"] for s in shards) == one.metrics["judge_calls"]["calls"] > 0
     assert len(list((tmp_path / "two" / "judge_cache").glob("*.json"))) == 3
     two = evaluate(*args, out_dir=tmp_path / "two")

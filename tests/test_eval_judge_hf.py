@@ -94,3 +94,30 @@ def test_end_to_end_with_tiny_random_lm(tiny_lm, tmp_path):
     assert [r.to_dict() for r in second.images] == [r.to_dict() for r in first.images]
     assert first.metrics["judge_calls"]["prompts_fingerprint"] == JudgePrompts.load().fingerprint()
     assert first.metrics["judge_calls"]["judge"] == f"hf:{tiny_lm.resolve()}"
+
+
+@pytest.mark.timeout(180)
+def test_judge_shards_fill_the_cache_that_one_scoring_pass_reads(tiny_lm, tmp_path):
+    """A data-parallel eval: each rank judges its block of images into the shared cache, rank 0 then scores
+    with zero new calls and gets what one process gets."""
+    from pancapchain.eval.runner import judge_shard
+
+    gts, preds = [], []
+    for i in range(3):
+        caption = f"A brown dog [[0.1, 0.1, 0.{i + 4}, 0.5]] sits on grass [[0.0, 0.5, 1.0, 1.0]]."
+        gts.append({"id": f"im{i}", "image": f"im{i}.png", "width": 64, "height": 48, "caption": caption,
+                    "entities": [{"id": 0, "tag": "brown dog", "box": [0.1, 0.1, 0.4 + i / 10, 0.5]}]})
+        preds.append({"id": f"im{i}", "caption": f"A dog [[0.1, 0.1, 0.{i + 5}, 0.5]] on grass."})
+    (tmp_path / "gt.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gts))
+    (tmp_path / "pred.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    options = EvalOptions(judge=f"hf:{tiny_lm}", embed_model="hashing", judge_batch_size=2,
+                          judge_max_new_tokens=8, caption_metrics=False)
+    args = (tmp_path / "pred.jsonl", tmp_path / "gt.jsonl", options)
+    one = evaluate(*args, out_dir=tmp_path / "one")
+    shards = [judge_shard(*args, tmp_path / "two", lambda pairs, r=r: pairs[2 * r : 2 * r + 2]) for r in (0, 1)]
+    assert one.metrics["image_status"] == {"ok": 3}
+    assert sum(s["calls"] for s in shards) == one.metrics["judge_calls"]["calls"] > 0
+    assert len(list((tmp_path / "two" / "judge_cache").glob("*.json"))) == 3
+    two = evaluate(*args, out_dir=tmp_path / "two")
+    assert two.metrics["judge_calls"]["calls"] == 0
+    assert [r.to_dict() for r in two.images] == [r.to_dict() for r in one.images]

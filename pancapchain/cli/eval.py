@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     _preflight(args)
     from pancapchain.eval.report import summary_table, write_outputs  # heavy: only after the checks
     from pancapchain.eval.runner import evaluate
+    if not _judge_share_done(args):
+        return 0  # a rank other than 0 of a multi-process launch: rank 0 scores with the shared judge cache
     try:
         result = evaluate(args.pred, args.gt, options_from_args(args), out_dir=args.out)
     except ValueError as err:  # evaluation raises plain ValueError for unusable inputs too
@@ -139,3 +141,21 @@ def run(args: argparse.Namespace) -> int:
         html = write_html(result, args.html or Path(args.out) / "report.html", roots, args.html_images)
         print(f"wrote {html}")
     return 0
+
+
+def _judge_share_done(args: argparse.Namespace) -> bool:
+    """Under ``accelerate launch --num_processes N``: each rank judges its shard of the images into the shared
+    judge cache (OUT/judge_cache or --judge-cache), then waits for all; True on the rank that scores (0)."""
+    from pancapchain.infer.parallel import process_state, rank_device, shard_of
+
+    state = process_state(args.judge_device)
+    if state is None:
+        return True
+    if args.judge.startswith("hf:"):
+        from pancapchain.eval.runner import judge_shard
+
+        options = options_from_args(args)
+        options.judge_device = rank_device(state, args.judge_device)
+        judge_shard(args.pred, args.gt, options, args.out, lambda pairs: shard_of(state, pairs))
+    state.wait_for_everyone()
+    return state.is_main_process

@@ -66,14 +66,19 @@ def _run(args: argparse.Namespace) -> int:
     from pancapchain.cli.preflight import load_chain
     from pancapchain.data.io import atomic_write_json
     from pancapchain.infer.ground import ground, ground_dataset
+    from pancapchain.infer.parallel import process_state, rank_device
     from pancapchain.mask.refine import candidate_masks, load_candidates
 
     candidates = load_candidates(args.candidates) if args.candidates else None
-    chain = load_chain(args.model, args.device)
-    auto = _sam_candidates(args.sam, args.device) if args.sam else None
+    state = process_state(args.device) if args.data else None  # set under accelerate launch with N processes
+    device = rank_device(state, args.device)
+    chain = load_chain(args.model, device)
+    auto = _sam_candidates(args.sam, device) if args.sam else None
     if args.data:
-        report = ground_dataset(chain, args.data, args.out, args.image_root or None, candidates, args.tau, auto)
-        print(report.summary())
+        report = ground_dataset(chain, args.data, args.out, args.image_root or None, candidates, args.tau, auto,
+                                state=state)
+        if report is not None:  # None on ranks other than 0 (rank 0 merged their rows)
+            print(report.summary())
         return 0
     with Image.open(args.image) as img:
         image_id = args.image.rsplit("/", 1)[-1].rsplit(".", 1)[0]

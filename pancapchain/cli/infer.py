@@ -83,11 +83,16 @@ def _run(args: argparse.Namespace) -> int:
 
     _preflight(args)
     from pancapchain.infer.batch import run_inference  # heavy (torch): only after the checks
-    chain = load_chain(args.model, args.device)
+    from pancapchain.infer.parallel import process_state, rank_device
+
+    state = process_state(args.device)  # None unless started by accelerate launch with several processes
+    chain = load_chain(args.model, rank_device(state, args.device))
     summary = run_inference(chain, args.data, args.out, args.batch_size, generation_options(args),
-                            args.image_root or None, args.limit, plan=args.plan)
+                            args.image_root or None, args.limit, plan=args.plan, state=state)
+    if summary is None:  # a rank other than 0: its rows were merged by rank 0
+        return 0
     print(f"images: {summary['images_total']} (already done {summary['already_done']}, "
-          f"written {summary['written']}, skipped {len(summary['skipped'])})")
+          f"written {summary['written']}, skipped {len(summary['skipped'])}, processes {summary['processes']})")
     print("seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["seconds_per_stage"].items()))
     print(f"seconds per image: {summary['seconds_per_image']:.3f}; "
           f"truncated per stage: {summary['truncated_per_stage']}")

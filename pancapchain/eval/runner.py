@@ -8,6 +8,7 @@ ends up in metrics.json. ``write_outputs`` writes metrics.json, per_image.json a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +268,20 @@ def evaluate(
                     "seconds": round(clock.total(), 2), "stage_seconds": clock.laps})
     frames = {g.id: {"image": g.image, "width": g.width, "height": g.height} for g in gts}
     return EvalResult(images, metrics, frames)
+
+
+def judge_shard(
+    pred_path: str | Path, gt_path: str | Path, options: EvalOptions, out_dir: str | Path | None,
+    select: Callable[[list], list], embedder: Embedder | None = None, judge_backend: JudgeBackend | None = None,
+) -> dict[str, Any]:
+    """Judge only ``select(pairs)`` into the response cache: one rank's share of a data-parallel eval, after
+    which :func:`evaluate` finds every answer cached. Returns the judge call statistics."""
+    gts, _ = load_gt(gt_path, options.image_root)
+    preds, pred_report = load_predictions(pred_path)
+    pairs, _, _ = _align(gts, preds, pred_report, options.box_rules)
+    embedder = embedder or get_embedder(options.embed_model)
+    _, stats = _judge_results(select(pairs), embedder, options, Path(out_dir) if out_dir else None, judge_backend)
+    return stats
 
 
 class _Stopwatch:

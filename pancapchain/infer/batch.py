@@ -21,7 +21,8 @@ from pancapchain.data.schema import SampleError, resolve_image
 from pancapchain.errors import UserError
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
-from pancapchain.infer.resume import append_line, finished_ids
+from pancapchain.infer.parallel import run_sharded
+from pancapchain.infer.resume import append_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
@@ -75,21 +76,36 @@ def run_inference(
     image_root: str | Path | None = None,
     limit: int = 0,
     plan: str = "chain",
-) -> dict:
+    state=None,
+) -> dict | None:
     """Chain every image of ``data`` into ``out`` (JSONL); returns a summary also written to ``<out>.summary.json``.
 
-    ``plan``: which stages run (``pancapchain.infer.chain.PLANS``: chain, no-discover, direct).
+    ``plan``: which stages run (``pancapchain.infer.chain.PLANS``: chain, no-discover, direct). ``state``: an
+    accelerate ``PartialState`` of a multi-process launch (each rank chains its shard, rank 0 merges and gets
+    the summary; the other ranks get None), see :mod:`pancapchain.infer.parallel`.
     """
     if batch_size < 1:
         raise UserError(f"batch size {batch_size}: must be >= 1")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = SkipReport(what="images")
     items = list_items(data, image_root, report)
     if limit > 0:
         items = items[:limit]
-    done = finished_ids(out)
-    todo = [it for it in items if it.id not in done]
+
+    def work(indices: list[int], path: Path) -> dict:
+        return _chain_items(chain, [items[i] for i in indices], path, batch_size, options, plan, report)
+
+    summaries = run_sharded(out, "infer", [it.id for it in items], state, work)
+    if summaries is None:
+        return None
+    summary = merge_summaries(summaries, len(items))
+    atomic_write_json(out.with_suffix(".summary.json"), summary)
+    return summary
+
+
+def _chain_items(chain: PancapChain, todo: list[InferItem], path: Path, batch_size: int,
+                 options: GenerationOptions | None, plan: str, report: SkipReport) -> dict:
+    """Chain ``todo`` in batches, appending one row per image to ``path``; this process's summary."""
     timings: dict[str, float] = {}
     truncated: dict[str, int] = {}
     written = 0
@@ -100,20 +116,34 @@ def run_inference(
                 for item, result in zip([it for it in batch if it.id in {s.id for s in states}],
                                         chain.run(states, options, timings=timings, plan=plan)):
                     result["image"] = item.image
-                    append_line(out, result)
+                    append_line(path, result)
                     written += 1
                     for stage, stage_out in result["stages"].items():
                         truncated[stage] = truncated.get(stage, 0) + int(stage_out["truncated"])
             bar.update(len(batch))
-    report.kept = len(done) + written
-    summary = {
-        "images_total": len(items),
-        "already_done": len(done),
+    return {"written": written, "skipped": report.to_dict()["skipped"], "timings": timings, "truncated": truncated}
+
+
+def merge_summaries(summaries: list[dict], images_total: int) -> dict:
+    """One run summary from every rank's: counts and seconds summed, skips listed once (each rank reads the
+    same data file, so its unusable records are reported by every rank)."""
+    timings: dict[str, float] = {}
+    truncated: dict[str, int] = {}
+    skipped: list = []
+    for s in summaries:
+        for key, value in s["timings"].items():
+            timings[key] = timings.get(key, 0.0) + value
+        for key, value in s["truncated"].items():
+            truncated[key] = truncated.get(key, 0) + value
+        skipped.extend(entry for entry in s["skipped"] if entry not in skipped)
+    written = sum(s["written"] for s in summaries)
+    return {
+        "images_total": images_total,
+        "already_done": sum(s["already_done"] for s in summaries),
         "written": written,
-        "skipped": report.to_dict()["skipped"],
+        "skipped": skipped,
         "seconds_per_stage": {k: round(v, 3) for k, v in timings.items()},
         "seconds_per_image": round(sum(timings.values()) / max(1, written), 4),
         "truncated_per_stage": truncated,
+        "processes": len(summaries),
     }
-    atomic_write_json(out.with_suffix(".summary.json"), summary)
-    return summary

@@ -18,9 +18,10 @@ from pancapchain.data.caption_parser import parse_caption
 from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.schema import SampleError, resolve_image
 from pancapchain.data.stages import StageItem, format_items
-from pancapchain.infer.batch import append_line, finished_ids
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.masks import refine_with_candidates
+from pancapchain.infer.parallel import run_sharded
+from pancapchain.infer.resume import append_line
 from pancapchain.mask.refine import candidate_masks
 
 
@@ -56,27 +57,43 @@ def ground(
 def ground_dataset(
     chain: PancapChain, data: str | Path, out: str | Path, image_root: str | Path | None = None,
     candidates: dict | None = None, tau: float = 0.5, auto_candidates: Callable[[Image.Image], list] | None = None,
-) -> SkipReport:
+    state=None,
+) -> SkipReport | None:
     """Ground every sample's own caption; appends results to ``out`` (resumable), scoreable by ``eval``.
 
-    ``auto_candidates`` (image -> ``(H, W)`` bool masks, e.g. SAM automatic masks) replaces ``candidates``."""
+    ``auto_candidates`` (image -> ``(H, W)`` bool masks, e.g. SAM automatic masks) replaces ``candidates``.
+    ``state``: an accelerate ``PartialState`` of a multi-process launch (each rank grounds its shard, rank 0
+    merges and gets the report, the others None; see :mod:`pancapchain.infer.parallel`)."""
     samples, report = load_samples(data)
     root = Path(image_root) if image_root else Path(data).parent
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = finished_ids(out, command="ground")
-    for sample in tqdm([s for s in samples if s.id not in done], desc="ground", unit="img"):
-        try:
-            with Image.open(resolve_image(root, sample.image, sample.id)) as img:
-                cands = candidate_masks(candidates[sample.id], img.height, img.width, sample.id) \
-                    if candidates and sample.id in candidates else None
-                cands = auto_candidates(img) if auto_candidates else cands
-                result = ground(chain, img, sample.caption, sample.id, cands, tau)
-        except (OSError, SampleError, ValueError) as err:
-            report.skip(sample.id, f"{type(err).__name__}: {err}")
-            continue
-        result["image"] = sample.image
-        append_line(out, result)
+
+    def work(indices: list[int], path: Path) -> dict:
+        for sample in tqdm([samples[i] for i in indices], desc="ground", unit="img"):
+            result = _ground_sample(chain, sample, root, candidates, tau, auto_candidates, report)
+            if result is not None:
+                append_line(path, result)
+        return {"skipped": report.skipped}
+
+    summaries = run_sharded(out, "ground", [s.id for s in samples], state, work)
+    if summaries is None:
+        return None
+    report.skipped = list(dict.fromkeys(tuple(entry) for s in summaries for entry in s["skipped"]))
     report.kept = len(samples) - report.n_skipped
-    atomic_write_json(out.with_suffix(".report.json"), report.to_dict())
+    atomic_write_json(Path(out).with_suffix(".report.json"), report.to_dict())
     return report
+
+
+def _ground_sample(chain: PancapChain, sample, root: Path, candidates: dict | None, tau: float,
+                   auto_candidates: Callable | None, report: SkipReport) -> dict | None:
+    """One sample's grounded result row, or None (the reason goes to ``report``)."""
+    try:
+        with Image.open(resolve_image(root, sample.image, sample.id)) as img:
+            cands = candidate_masks(candidates[sample.id], img.height, img.width, sample.id) \
+                if candidates and sample.id in candidates else None
+            cands = auto_candidates(img) if auto_candidates else cands
+            result = ground(chain, img, sample.caption, sample.id, cands, tau)
+    except (OSError, SampleError, ValueError) as err:
+        report.skip(sample.id, f"{type(err).__name__}: {err}")
+        return None
+    result["image"] = sample.image
+    return result

@@ -30,7 +30,7 @@ def marker_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".pancapchain.json")
 
 
-def _has_marker(out: Path) -> bool:
+def has_marker(out: Path) -> bool:
     try:
         return json.loads(marker_path(out).read_text(encoding="utf-8")).get("format") == MARKER_FORMAT
     except (OSError, ValueError, AttributeError):
@@ -58,7 +58,7 @@ def check_resumable(out: str | Path) -> str:
     if not out.is_file() or out.stat().st_size == 0:
         return "new"
     data = out.read_bytes()
-    ours = _has_marker(out)
+    ours = has_marker(out)
     complete = data[: data.rfind(b"\n") + 1]
     if not ours and len(complete) != len(data):
         raise OutputOwnershipError(
@@ -112,3 +112,29 @@ def append_line(out: Path, row: dict) -> None:
         os.close(fd)
 
 
+
+
+def complete_rows(path: Path) -> dict[str, bytes]:
+    """id -> the whole line (bytes, newline included) of every complete row of ``path``; read-only, so it is safe
+    on a file another process is appending to (a partial last line is ignored, not cut)."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    rows: dict[str, bytes] = {}
+    for line in data[: data.rfind(b"\n") + 1].splitlines(keepends=True):
+        if line.strip():
+            rows.setdefault(json.loads(line)["id"], line)
+    return rows
+
+
+def append_lines(out: Path, lines: list[bytes]) -> None:
+    """Append whole lines in one go (a loop of ``write`` calls on one O_APPEND descriptor), then fsync; a kill
+    midway leaves at most one partial last line, which the next :func:`finished_ids` cuts."""
+    payload = memoryview(b"".join(lines))
+    fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while payload:
+            payload = payload[os.write(fd, payload):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -96,10 +96,11 @@ def read_line_bounded(fh, limit: int) -> tuple[str, int]:
             return "", length
 
 
-def iter_jsonl(path: str | Path, report: SkipReport, max_line: int = MAX_LINE_CHARS) -> Iterator[tuple[str, Any]]:
+def iter_jsonl(path: str | Path, report: SkipReport, max_line: int | None = None) -> Iterator[tuple[str, Any]]:
     """Yield ``(where, decoded_object)`` per non-blank line; malformed lines and lines longer than
-    ``max_line`` characters are skipped into ``report``."""
+    ``max_line`` characters (default ``MAX_LINE_CHARS``) are skipped into ``report``."""
     path = Path(path)
+    max_line = max_line or MAX_LINE_CHARS
     with path.open(encoding="utf-8") as fh:
         lineno = 0
         while True:

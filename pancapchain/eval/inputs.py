@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pancapchain.data.io import MAX_LINE_CHARS, SkipReport, iter_jsonl, load_samples, read_line_bounded
+from pancapchain.data import io
+from pancapchain.data.io import SkipReport, iter_jsonl, load_samples, read_line_bounded
 from pancapchain.data.sapancap import ImportReport, read_caption_records, sample_id
 from pancapchain.data.schema import PanopticSample, SampleError
 
@@ -173,9 +174,9 @@ def load_predictions(path: str | Path) -> tuple[dict[str, Prediction], SkipRepor
 def _pretty_printed_object(path: Path) -> bool:
     """True when the file is one JSON object spread over several lines (not JSONL, not an array)."""
     with path.open(encoding="utf-8") as fh:
-        first, length = read_line_bounded(fh, MAX_LINE_CHARS)
+        first, length = read_line_bounded(fh, io.MAX_LINE_CHARS)
         while length and not first.strip():
-            first, length = read_line_bounded(fh, MAX_LINE_CHARS)
+            first, length = read_line_bounded(fh, io.MAX_LINE_CHARS)
     if not first.strip():  # empty file, or a first line too long to read: iter_jsonl reports it
         return False
     try:

@@ -182,7 +182,8 @@ CASES = [
      "--judge-cache plain.txt: is a file"),
     ("region-not-an-image", [*M, "region", "--model", "ckpt", "--image", "fake.png", *BOX], "pancapchain region",
      "--image fake.png: not a readable image"),
-    ("region-box-not-numbers", [*REGION, "--box", "a,b,c,d"], "pancapchain region", "--box 'a,b,c,d'"),
+    ("region-box-not-numbers", [*REGION, "--box", "a,b,c,d"], "pancapchain region",
+     "pancapchain region: error: --box 'a,b,c,d': not a number in"),
     ("region-box-nan", [*REGION, "--box", "nan,0.1,0.5,0.5"], "pancapchain region", "not finite"),
     ("region-box-reversed", [*REGION, "--box", "0.5,0.5,0.1,0.1"], "pancapchain region", "x2 < x1"),
     ("segcap-top-p-0", [*M, "segcap", "--model", "ckpt", "--image", "img.png", *BOX, "--top-p", "0"],
@@ -213,7 +214,7 @@ CASES = [
      "--size 8: must be >= 32"),
     ("prepare-captions-is-a-folder", [*M, "prepare", "sapancap", "--captions", "data", "--stats-only"],
      "pancapchain prepare", "--captions data: is a folder"),
-    ("plan-memory-gpus-0", [*PLAN[:5], "0", *PLAN[6:]], "pancapchain plan-memory", "--gpus 0: must be >= 1"),
+    ("plan-memory-gpus-0", [*PLAN[:6], "0", *PLAN[7:]], "pancapchain plan-memory", "--gpus 0: must be >= 1"),
     ("plan-memory-unknown-model", [*PLAN[:3], "--model", "nope", *PLAN[5:]], "pancapchain plan-memory",
      "--model 'nope': not one of ['13b', '7b']"),
     ("plan-memory-model-not-a-config", [*PLAN[:3], "--model", "data/samples.jsonl", *PLAN[5:]],
@@ -326,3 +327,23 @@ def test_chat_survives_every_bad_command_and_save_refuses_a_missing_folder(world
     assert f"folder {tmp_path / 'no_such_folder'} does not exist" in out and not (tmp_path / "no_such_folder").exists()
     assert "it is a folder" in out
     assert json.loads(session.read_text())["id"] == "img"
+
+
+def test_eval_of_an_oversized_caption_or_line_names_the_record_instead_of_scoring_for_minutes(
+        world, tmp_path, monkeypatch, capsys):
+    from pancapchain.data import io
+
+    monkeypatch.setattr(io, "MAX_LINE_CHARS", 200_000)  # the real limit is 64 Mi characters
+    long_caption = json.dumps({"id": "s0", "caption": "a red square " * 10_000})  # 130,000 characters
+    long_line = json.dumps({"id": "s1", "caption": "x" * 300_000})
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text(long_caption + "\n" + long_line + "\n")
+    out = tmp_path / "scores"
+    code, _, err = run_in_process([*M, "eval", "--pred", str(pred), "--gt", "data/samples.jsonl", "--out", str(out),
+                                   "--embed-model", "hashing", "--no-wordnet"], world, monkeypatch, capsys)
+    assert code == 0 and "Traceback" not in err
+    assert ("warning: s0: bad prediction: caption of 130000 characters, more than the 50000 scored "
+            "(a runaway generation?)") in err.splitlines()
+    skipped = json.loads((out / "metrics.json").read_text())["skipped"]["predictions"]["skipped"]
+    assert skipped == [{"record": "pred.jsonl:2",
+                        "reason": f"too long: {len(long_line) + 1} characters on one line, more than 200000 (not read)"}]

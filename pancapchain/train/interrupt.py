@@ -28,7 +28,8 @@ class StopOnInterrupt(TrainerCallback):
     """Turns the first Ctrl-C into "save and stop after this step"."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = False  # this rank will stop (its own signal, or another rank's, via the all-reduce)
+        self.received = 0  # signals this rank received: the second one stops at once
         self.step: int | None = None
         self._previous: dict[int, object] = {}
 
@@ -41,7 +42,8 @@ class StopOnInterrupt(TrainerCallback):
         return threading.current_thread() is threading.main_thread()
 
     def _on_signal(self, signum, frame) -> None:
-        if self.requested:
+        self.received += 1
+        if self.received > 1:
             raise KeyboardInterrupt
         self.requested = True
         if int(os.environ.get("RANK", "0")) == 0:

@@ -18,6 +18,7 @@ from pancapchain.data.boxes import BoxCodec, find_box_groups, group_frame
 from pancapchain.data.caption_parser import strip_boxes
 from pancapchain.data.io import SkipReport
 from pancapchain.data.sapancap import sample_id
+from pancapchain.errors import UserError
 from pancapchain.eval.caption_metrics import caption_metrics
 from pancapchain.eval.embed import Embedder, get_embedder
 from pancapchain.eval.grounding import evaluate_masks
@@ -233,7 +234,9 @@ def evaluate(
         raise ValueError(f"--judge must be 'offline' or 'hf:PATH', got {options.judge!r}")
     clock = _Stopwatch()
     gts, gt_report = load_gt(gt_path, options.image_root)
+    _refuse_empty(gts, gt_report, f"--gt {gt_path}", "GT record")
     preds, pred_report = load_predictions(pred_path)
+    _refuse_empty(preds, pred_report, f"--pred {pred_path}", "prediction")
     pairs, failed, notes = _align(gts, preds, pred_report, options.box_rules)
     clock.lap("read inputs")
     embedder = embedder or get_embedder(options.embed_model)
@@ -258,6 +261,14 @@ def evaluate(
     metrics.update({"mask_metrics": masks, "caption_metrics": captions, "judge_calls": judge_stats,
                     "seconds": round(clock.total(), 2), "stage_seconds": clock.laps})
     return EvalResult(images, metrics)
+
+
+def _refuse_empty(records, report: SkipReport, what: str, kind: str) -> None:
+    """A file without one usable record is the wrong file, not a score of zero."""
+    if records:
+        return
+    example = f"; e.g. {report.skipped[0][0]}: {report.skipped[0][1]}" if report.skipped else ""
+    raise UserError(f"{what}: no usable {kind} ({report.n_skipped} skipped{example})")
 
 
 class _Stopwatch:

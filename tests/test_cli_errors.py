@@ -268,7 +268,7 @@ def check_one_line(code: int, out: str, err: str, prog: str, expected: str, usag
         assert len(err.rstrip().splitlines()) == 2 and err.startswith("usage: "), err
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1800)  # the first case waits for the tiny checkpoint (trained once per session)
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_a_mistake_gets_one_line_exit_2_and_changes_nothing(world, case, monkeypatch, capsys):
     name, argv, prog, expected = case

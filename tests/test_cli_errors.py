@@ -24,7 +24,9 @@ NOTES = b'{"note": "buy milk"}\n{"note": "call Ann"}'  # a user's JSONL whose la
 
 
 def run(args: list[str], cwd: Path, timeout: float = 900, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # cwd is the user's folder, so put this checkout first on the path (not an installed copy of pancapchain)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.pop("PANCAPCHAIN_DEBUG", None)
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env, input=stdin)

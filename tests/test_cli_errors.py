@@ -240,7 +240,7 @@ CASES = [
 ]
 
 # The cases that also run as real subprocesses: one per entry point and one argparse error.
-SUBPROCESS_CASES = ("infer-cuts-user-file", "train-yaml-tag", "cli-train-missing-recipe", "argparse-bad-int")
+SUBPROCESS_CASES = ("infer-cuts-user-file", "train-yaml-tag", "argparse-bad-int")
 
 
 def run_in_process(argv: list[str], cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:

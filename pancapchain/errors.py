@@ -12,6 +12,7 @@ and picks up error classes that other modules define (e.g. ``pancapchain.data.bo
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
@@ -57,6 +58,15 @@ USER_ERROR_CLASSES = frozenset({
     "pancapchain.infer.session:SessionError",
     "pancapchain.model.model_card:ModelCardError",
 })
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the policy's error format: the usage on one line, then one ``<prog>: error: ...`` line
+    (the last line, as for every other user error), exit code 2. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split())
+        self.exit(EXIT_USER_ERROR, f"{usage}\n{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -123,5 +133,6 @@ def run_guarded(call: Callable[[], int], prog: str, debug: bool = False) -> int:
         if debug:
             traceback.print_exc()
         code = EXIT_INTERRUPTED if isinstance(err, TrainingInterrupted) else EXIT_USER_ERROR
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
+        if not getattr(err, "quiet", False):  # e.g. the same stop on the other ranks of a launch
+            print(f"{prog}: error: {one_line(err)}", file=sys.stderr, flush=True)
         return code

@@ -144,3 +144,15 @@ def test_validate_data_names_an_image_whose_size_differs_from_the_record(tmp_pat
     assert report["kept"] == 1
     assert report["skipped"] == [{"record": "s1", "reason": "image size 48x32 differs from the record's width x "
                                   "height 64x32"}]
+
+
+def test_argparse_mistakes_print_the_usage_on_one_line_then_the_error_line(capsys):
+    from pancapchain.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["infer", "--model", "m", "--batch-size", "abc"])
+    assert stop.value.code == 2
+    usage, error = capsys.readouterr().err.splitlines()
+    assert usage.startswith("usage: pancapchain infer [-h] --model MODEL --data DATA") and "--device DEVICE" in usage
+    assert error == ("pancapchain infer: error: argument --batch-size: invalid int value: 'abc' "
+                     "(see pancapchain infer --help)")

@@ -147,3 +147,26 @@ def test_runner_reports_mask_metrics(tmp_path):
     assert masks["mIoU"] == pytest.approx(1.0)  # greedy pairs: red-red; the duplicate red has no GT left
     assert masks["PNG_AR"]["overall"] == pytest.approx(0.5, abs=1e-4)  # red unit IoU 1, blue unit IoU 0
     assert masks["mask_AP"]["AP"] == pytest.approx(51 / 101, abs=0.02)  # one of two GT found
+
+
+def test_bad_mask_records_are_skipped_with_a_warning_naming_the_problem():
+    red = _square(0, 0)
+    sample = PanopticSample("m1", "m1.png", 8, 8, (Entity(0, "red square", (0.0, 0.0, 0.5, 0.5), encode_rle(red)),),
+                            caption="A red square [[0.000, 0.000, 0.500, 0.500]].")
+    pred_entities = [TaggedEntity("red square", (0.0, 0.0, 0.5, 0.5))]
+    good = encode_rle(red)
+    raw = [{"box": [float("nan"), 0, 0.5, 0.5], "rle": good}, {"box": ["abc", 0, 0.5, 0.5], "rle": good},
+           {"box": [0.0, 0.0, 1.7, 0.5], "rle": good}, {"box": [0.0, 0.0, 0.5, 0.5]}, "not a record",
+           {"entity": 3, "rle": good}, {"entity": 0, "rle": [1, 2]}, {"box": [0.0, 0.0, 0.5, 0.5], "rle": good}]
+    res = evaluate_masks(sample, pred_entities, raw, embedder=None)
+    assert res.warnings == [
+        "mask 0 skipped: box [nan, 0, 0.5, 0.5]: value nan is not a number in [0, 1] (normalized coordinates)",
+        "mask 1 skipped: box ['abc', 0, 0.5, 0.5] must be 4 numbers [x1, y1, x2, y2]",
+        "mask 2 skipped: box [0.0, 0.0, 1.7, 0.5]: value 1.7 is not a number in [0, 1] (normalized coordinates)",
+        "mask 3 skipped: no 'rle' field",
+        'mask 4 skipped: expected an object {"rle", "box" or "entity"}, got str',
+        "mask 5 skipped: entity 3 is not the index of one of the 1 entities of the predicted caption",
+        "mask 6 skipped: 'rle' must be a COCO RLE object with 'size' and 'counts'",
+    ]
+    assert res.miou == pytest.approx(1.0)  # the one good record is scored and linked by its box
+    assert [p.iou for p in res.phrases] == pytest.approx([1.0])

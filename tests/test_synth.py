@@ -37,6 +37,7 @@ from pancapchain.data.synth_scene import (
     resolve_visibility,
 )
 from pancapchain.data.synth_shapes import PATTERNS, THING_KINDS, pattern_cell, pattern_mask, shape_masks
+from pancapchain.errors import run_guarded
 
 N_SCENES = 60
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -326,7 +327,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="pancapchain")
     synth_cli.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_guarded(lambda: args.func(args), "pancapchain synth")
 
 
 def test_cli_writes_the_expected_files(tmp_path, capsys):

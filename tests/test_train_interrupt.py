@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import tiny_overrides, write_dataset
 
@@ -65,3 +67,58 @@ def test_ctrl_c_stops_at_a_step_with_a_complete_checkpoint_and_the_rerun_resumes
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming from {checkpoint}" in done.stdout
     assert "train_runtime" in json.loads((out / "metrics.json").read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_launch(proc: subprocess.Popen) -> None:
+    """Kill the launcher and its ranks (torchrun starts each rank in a session of its own)."""
+    if proc.poll() is not None:
+        return
+    family = psutil.Process(proc.pid).children(recursive=True)
+    for target in [proc, *family]:
+        try:
+            target.kill()
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    psutil.wait_procs(family, timeout=30)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.timeout(2400)
+def test_ctrl_c_under_a_two_process_launch_stops_every_rank_after_the_same_step(tmp_path):
+    """``accelerate launch`` runs torch's elastic launcher in-process; a terminal's Ctrl-C reaches the launcher,
+    which sends SIGINT to each rank. The ranks agree on one step, save one complete checkpoint and exit 130."""
+    train = write_dataset(tmp_path / "data", n=4)
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {base: tiny}\n")
+    overrides = tiny_overrides(train, out, **{"train.max_steps": "100000", "train.save_steps": "2",
+                                              "train.per_device_batch_size": "1"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(REPO / "train.py"), "--recipe", str(recipe), *overrides]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        assert _wait_for(out / "checkpoint-2" / "pancap_meta.json", proc, 1500), "training never saved checkpoint-2"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        _stop_launch(proc)
+    lines = [x for x in stderr.splitlines() if x.startswith("train.py: error: training stopped by Ctrl-C")]
+    assert len(lines) == 1, stderr[-4000:]  # rank 0 says it; rank 1 stops with the same exit code, silently
+    step = int(lines[0].split("after step ")[1].split()[0])
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert checkpoints[-1] == step  # both ranks stopped after the same step: no later checkpoint was started
+    checkpoint = out / f"checkpoint-{step}"
+    assert safetensors_problem(checkpoint / "adapter_model.safetensors") is None
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert not (out / "metrics.json").exists()
+    # the only traceback is the launcher's own report of the signal it received (torch's, not ours)
+    assert stderr.count("Traceback") <= 1 and ("Traceback" not in stderr or "SignalException" in stderr), stderr[-4000:]

@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from pancapchain.errors import debug_requested, run_guarded
+from pancapchain.errors import ArgumentParser, debug_requested, run_guarded
 
 COMMANDS = (
     "train",
@@ -35,7 +35,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pancapchain", description=__doc__.splitlines()[0],
         epilog="Add --debug (or set PANCAPCHAIN_DEBUG=1) to see the traceback of an error.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

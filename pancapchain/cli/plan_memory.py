@@ -95,26 +95,48 @@ def plan_to_dict(plan: MemoryPlan, rows: list[tuple[PlanSettings, int]]) -> dict
     }
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    from pancapchain.cli import preflight
+    from pancapchain.errors import PreflightError
+
+    for flag, value in (("--gpus", args.gpus), ("--lora-r", args.lora_r), ("--seq-len", args.seq_len),
+                        ("--batch-size", args.batch_size)):
+        preflight.at_least(value, 1, flag)
+    if not args.gpu_mem > 0:  # also refuses NaN
+        raise PreflightError(f"--gpu-mem {args.gpu_mem}: must be > 0 (GiB per GPU)")
+    preflight.in_range(args.lora_dropout, 0.0, 1.0, "--lora-dropout")
+    if args.json:
+        preflight.output_file(args.json, "--json")
+
+
+def _shape(model: str):
+    from pancapchain.errors import UserError
+
+    try:
+        return load_shape(model)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSON that is not a llava-hf config
+        raise UserError(f"--model {model}: not a llava-hf config.json ({type(err).__name__}: {err})") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     from pancapchain.data.io import atomic_write_json
 
-    try:
-        shape = load_shape(args.model)
-        settings = PlanSettings(
-            gpus=args.gpus,
-            gpu_mem_gib=args.gpu_mem,
-            zero=args.zero,
-            lora_r=args.lora_r,
-            qlora=args.qlora,
-            seq_len=args.seq_len,
-            grad_ckpt=args.grad_ckpt,
-            batch_size=args.batch_size,
-            lora_dropout=args.lora_dropout > 0,
-        )
-        plan = plan_memory(shape, settings)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"plan-memory: {err}")
-        return 2
+    _preflight(args)
+    shape = _shape(args.model)
+    settings = PlanSettings(
+        gpus=args.gpus,
+        gpu_mem_gib=args.gpu_mem,
+        zero=args.zero,
+        lora_r=args.lora_r,
+        qlora=args.qlora,
+        seq_len=args.seq_len,
+        grad_ckpt=args.grad_ckpt,
+        batch_size=args.batch_size,
+        lora_dropout=args.lora_dropout > 0,
+    )
+    plan = plan_memory(shape, settings)
     rows = alternatives(shape, settings)
     print(format_plan(plan))
     print(format_alternatives(rows))

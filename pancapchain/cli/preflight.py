@@ -204,4 +204,7 @@ def training_paths(cfg) -> None:
         existing_dir(data.image_root, "data.image_root")
     output_dir(cfg.train.output_dir, "train.output_dir")
     if cfg.train.resume not in ("auto", "never"):
-        existing_dir(cfg.train.resume, "train.resume")
+        resume = existing_dir(cfg.train.resume, "train.resume")
+        if not (resume / "trainer_state.json").is_file():
+            raise PreflightError(f"train.resume {resume}: not a training checkpoint (no trainer_state.json); give "
+                                 "a checkpoint-N folder of a run, or train.resume=auto to continue its latest one")

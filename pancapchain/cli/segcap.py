@@ -40,8 +40,9 @@ def box_argument(text: str) -> tuple:
 
     try:
         return parse_box_arg(text)
-    except ValueError as err:
-        raise PreflightError(f"--box {text!r}: {getattr(err, 'problem', err)}") from None
+    except ValueError as err:  # the box reader's message already names "--box '...'" (said once, not twice)
+        message = str(err).removeprefix("box ")
+        raise PreflightError(message if message.startswith("--box") else f"--box {text!r}: {message}") from None
 
 
 def check_box_task_args(args: argparse.Namespace) -> tuple:

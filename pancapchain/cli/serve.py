@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pancapchain.cli.infer import add_generation_args, generation_options
+from pancapchain.cli.infer import add_generation_args, check_generation_args, generation_options
 
 MISSING_GRADIO = ("error: `pancapchain serve` needs gradio, which the core install leaves out: "
                   "pip install 'pancapchain[demo]' (or ./scripts/setup.sh, which installs the locked extras)")
@@ -35,24 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    _preflight(args)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine unless asked
     try:
         import gradio  # noqa: F401
     except ImportError:
         print(MISSING_GRADIO, file=sys.stderr)
         return 2
-    problem = _check_args(args)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    from pancapchain.infer.chain import PancapChain
-    from pancapchain.model.checkpoint import CheckpointError
+    from pancapchain.cli.preflight import load_chain
 
-    try:
-        chain = PancapChain.from_pretrained(args.model, device=args.device)
-    except (CheckpointError, OSError) as err:
-        print(f"error: cannot load --model {args.model}: {err}", file=sys.stderr)
-        return 2
+    chain = load_chain(args.model, args.device)
     loaded = time.perf_counter() - started
     workdir = Path(tempfile.mkdtemp(prefix="pancapchain-serve-"))
     try:
@@ -61,14 +53,16 @@ def _run(args: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _check_args(args: argparse.Namespace) -> str:
-    if not Path(args.model).is_dir():
-        return f"--model {args.model} is not a directory (a training checkpoint or an export)"
+def _preflight(args: argparse.Namespace) -> None:
+    """Every argument checked before gradio or the model is imported (one line, exit 2, on a mistake)."""
+    from pancapchain.cli import preflight
+    from pancapchain.errors import PreflightError
+
     if not 0 < args.port < 65536:
-        return f"--port {args.port} is not a TCP port (1-65535)"
-    if args.max_pixels <= 0:
-        return f"--max-pixels must be > 0, got {args.max_pixels}"
-    return ""
+        raise PreflightError(f"--port {args.port} is not a TCP port (1-65535)")
+    preflight.at_least(args.max_pixels, 1, "--max-pixels")
+    check_generation_args(args)
+    preflight.model_dir(args.model)
 
 
 def _serve(args: argparse.Namespace, chain, workdir: Path, started: float, loaded: float) -> int:

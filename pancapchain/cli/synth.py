@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -25,14 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pancapchain.cli import preflight
-    from pancapchain.data.synth import write_dataset
+    from pancapchain.data.synth import MIN_SIZE, write_dataset
 
     preflight.output_dir(args.out, "--out")
-    try:
-        result = write_dataset(args.out, args.n_train, args.n_val, args.seed, args.size, not args.no_progress)
-    except (ValueError, OSError) as err:
-        print(f"pancapchain synth: error: {err}", file=sys.stderr)
-        return 2
+    for flag, value, low in (("--n-train", args.n_train, 0), ("--n-val", args.n_val, 0), ("--seed", args.seed, 0),
+                             ("--size", args.size, MIN_SIZE)):
+        preflight.at_least(value, low, flag)
+    result = write_dataset(args.out, args.n_train, args.n_val, args.seed, args.size, not args.no_progress)
     stats = result["stats"]
     print(
         f"wrote {stats['train']['scenes']} train + {stats['val']['scenes']} val scenes to {args.out} "

@@ -86,14 +86,41 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
-def iter_jsonl(path: str | Path, report: SkipReport) -> Iterator[tuple[str, Any]]:
-    """Yield ``(where, decoded_object)`` per non-blank line; malformed lines are skipped into ``report``."""
+MAX_LINE_CHARS = 64 * 2**20  # a longer line is skipped unread (a runaway generation, a binary file)
+
+
+def read_line_bounded(fh, limit: int) -> tuple[str, int]:
+    """The next line (``""`` at the end of the file) and its length; past ``limit`` characters the rest of
+    the line is consumed in chunks and ``("", length)`` returned, so memory stays bounded."""
+    line = fh.readline(limit + 1)
+    if len(line) <= limit or line.endswith("\n"):
+        return line, len(line)
+    length = len(line)
+    while True:
+        chunk = fh.readline(2**20)
+        length += len(chunk)
+        if not chunk or chunk.endswith("\n"):
+            return "", length
+
+
+def iter_jsonl(path: str | Path, report: SkipReport, max_line: int | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield ``(where, decoded_object)`` per non-blank line; malformed lines and lines longer than
+    ``max_line`` characters (default ``MAX_LINE_CHARS``) are skipped into ``report``."""
     path = Path(path)
+    max_line = max_line or MAX_LINE_CHARS
     with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+        lineno = 0
+        while True:
+            line, length = read_line_bounded(fh, max_line)
+            if not length:
+                return
+            lineno += 1
+            where = f"{path.name}:{lineno}"
+            if length > max_line:
+                report.skip(where, f"too long: {length} characters on one line, more than {max_line} (not read)")
+                continue
             if not line.strip():
                 continue
-            where = f"{path.name}:{lineno}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as err:

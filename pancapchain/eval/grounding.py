@@ -14,6 +14,7 @@ entity whose box has the highest IoU >= 0.5 with it). GT masks are the entities'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,31 @@ def _best_box(box, candidates: list, threshold: float = LINK_IOU) -> int | None:
     return best[1] if best[0] >= threshold else None
 
 
+def mask_entry_problem(entry: Any, n_entities: int) -> str | None:
+    """Why a predicted mask record cannot be used (None when it can): not an object, no or a malformed
+    ``rle``, a ``box`` that is not 4 finite numbers in [0, 1], an ``entity`` that is not an entity index."""
+    if not isinstance(entry, dict):
+        return f"expected an object {{\"rle\", \"box\" or \"entity\"}}, got {type(entry).__name__}"
+    rle = entry.get("rle")
+    if rle is None:
+        return "no 'rle' field"
+    if not (isinstance(rle, dict) and "size" in rle and "counts" in rle):
+        return "'rle' must be a COCO RLE object with 'size' and 'counts'"
+    box = entry.get("box")
+    if box is not None:
+        values = box if isinstance(box, (list, tuple)) else [box]
+        if len(values) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return f"box {box!r} must be 4 numbers [x1, y1, x2, y2]"
+        bad = next((v for v in values if not (math.isfinite(v) and 0.0 <= v <= 1.0)), None)
+        if bad is not None:
+            return f"box {box!r}: value {bad} is not a number in [0, 1] (normalized coordinates)"
+    entity = entry.get("entity")
+    if entity is not None and (isinstance(entity, bool) or not isinstance(entity, int)
+                               or not 0 <= entity < n_entities):
+        return f"entity {entity!r} is not the index of one of the {n_entities} entities of the predicted caption"
+    return None
+
+
 def decode_pred_masks(
     raw: list[Any], pred_entities: list[TaggedEntity], shape: tuple[int, int]
 ) -> tuple[list[np.ndarray], dict[int, list[np.ndarray]], list[str]]:
@@ -54,6 +80,10 @@ def decode_pred_masks(
     warnings: list[str] = []
     boxes = [e.box for e in pred_entities]
     for k, entry in enumerate(raw):
+        problem = mask_entry_problem(entry, len(pred_entities))
+        if problem:
+            warnings.append(f"mask {k} skipped: {problem}")
+            continue
         try:
             mask = to_binary_mask(entry["rle"])
         except Exception as err:  # malformed RLE of any kind: report and go on
@@ -63,10 +93,8 @@ def decode_pred_masks(
             warnings.append(f"mask {k} skipped: size {list(mask.shape)} differs from the GT size {list(shape)}")
             continue
         masks.append(mask)
-        target = None
-        if isinstance(entry.get("entity"), int) and 0 <= entry["entity"] < len(pred_entities):
-            target = entry["entity"]
-        elif isinstance(entry.get("box"), (list, tuple)) and len(entry["box"]) == 4:
+        target = entry.get("entity")
+        if target is None and entry.get("box") is not None:
             target = _best_box(tuple(float(v) for v in entry["box"]), boxes)
         if target is not None:
             linked.setdefault(target, []).append(mask)

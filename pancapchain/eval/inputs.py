@@ -9,7 +9,8 @@ GT formats
 
 Predictions: JSONL ``{"id", "caption", "masks"?}`` (``masks``: list of ``{"box" | "entity", "rle"}``), or a
 JSON array of such objects (``image_path`` / ``model_response`` are accepted as in the official files).
-Records without a usable id are skipped into the SkipReport; later duplicates of an id are skipped too;
+Records without a usable id (or on a line over ``MAX_LINE_CHARS``) are skipped into the SkipReport; later
+duplicates of an id are skipped too; a caption over ``MAX_CAPTION_CHARS`` is not scored (zero, with a warning);
 a record whose caption is not a string is kept as *bad* (its image is scored zero with a warning).
 """
 
@@ -20,9 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pancapchain.data.io import SkipReport, iter_jsonl, load_samples
+from pancapchain.data import io
+from pancapchain.data.io import SkipReport, iter_jsonl, load_samples, read_line_bounded
 from pancapchain.data.sapancap import ImportReport, read_caption_records, sample_id
 from pancapchain.data.schema import PanopticSample, SampleError
+
+# Real panoptic captions have a few thousand characters; scoring time grows with length (a 5 MB caption
+# took minutes), so a longer caption is not scored: the prediction scores zero, a GT image is skipped.
+MAX_CAPTION_CHARS = 50_000
+
+
+def caption_too_long(caption: str) -> str | None:
+    """Why ``caption`` is not scored (None when its length is fine)."""
+    if len(caption) <= MAX_CAPTION_CHARS:
+        return None
+    return f"caption of {len(caption)} characters, more than the {MAX_CAPTION_CHARS} scored (a runaway generation?)"
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,19 @@ def load_gt(path: str | Path, image_root: str | Path | None = None) -> tuple[lis
     samples, report = load_samples(path)
     report.what = f"GT samples in {path.name}"
     records = [GTRecord(s.id, s.caption, s.width, s.height, s, s.image) for s in samples]
-    return records, report
+    return _without_long_captions(records, report), report
+
+
+def _without_long_captions(records: list[GTRecord], report: SkipReport) -> list[GTRecord]:
+    kept = []
+    for record in records:
+        problem = caption_too_long(record.caption)
+        if problem:
+            report.skip(record.id, f"invalid: {problem}")
+        else:
+            kept.append(record)
+    report.kept = len(kept)
+    return kept
 
 
 def _load_sapancap(path: Path, image_root: Path | None) -> tuple[list[GTRecord], SkipReport]:
@@ -97,8 +122,7 @@ def _load_sapancap(path: Path, image_root: Path | None) -> tuple[list[GTRecord],
         records.append(GTRecord(image_id, caption, width, height, None, image_path))
     for name, problem in imported.invalid_records:
         report.skip(name, f"invalid: {problem}")
-    report.kept = len(records)
-    return records, report
+    return _without_long_captions(records, report), report
 
 
 def _prediction_id(obj: dict) -> str | None:
@@ -123,6 +147,8 @@ def _prediction(obj: Any, where: str, report: SkipReport) -> Prediction | None:
     if not isinstance(caption, str):
         problem = "missing caption" if caption is None else f"caption is {type(caption).__name__}, not a string"
         return Prediction(pred_id, problem=f"bad prediction: {problem}")
+    if caption_too_long(caption):
+        return Prediction(pred_id, problem=f"bad prediction: {caption_too_long(caption)}")
     if not isinstance(masks, list):
         return Prediction(pred_id, caption, [], warnings=[f"masks ignored: expected a list, got {type(masks).__name__}"])
     return Prediction(pred_id, caption, masks)
@@ -148,7 +174,11 @@ def load_predictions(path: str | Path) -> tuple[dict[str, Prediction], SkipRepor
 def _pretty_printed_object(path: Path) -> bool:
     """True when the file is one JSON object spread over several lines (not JSONL, not an array)."""
     with path.open(encoding="utf-8") as fh:
-        first = next((line for line in fh if line.strip()), "")
+        first, length = read_line_bounded(fh, io.MAX_LINE_CHARS)
+        while length and not first.strip():
+            first, length = read_line_bounded(fh, io.MAX_LINE_CHARS)
+    if not first.strip():  # empty file, or a first line too long to read: iter_jsonl reports it
+        return False
     try:
         json.loads(first)
         return False

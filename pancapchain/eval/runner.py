@@ -19,6 +19,7 @@ from pancapchain.data.boxes import BoxCodec, find_box_groups, group_frame
 from pancapchain.data.caption_parser import strip_boxes
 from pancapchain.data.io import SkipReport
 from pancapchain.data.sapancap import sample_id
+from pancapchain.errors import UserError
 from pancapchain.eval.caption_metrics import caption_metrics
 from pancapchain.eval.embed import Embedder, get_embedder
 from pancapchain.eval.grounding import evaluate_masks
@@ -242,7 +243,9 @@ def evaluate(
         raise ValueError(f"--judge must be 'offline' or 'hf:PATH', got {options.judge!r}")
     clock = _Stopwatch()
     gts, gt_report = load_gt(gt_path, options.image_root)
+    _refuse_empty(gts, gt_report, f"--gt {gt_path}", "GT record")
     preds, pred_report = load_predictions(pred_path)
+    _refuse_empty(preds, pred_report, f"--pred {pred_path}", "prediction")
     pairs, failed, notes = _align(gts, preds, pred_report, options.box_rules)
     clock.lap("read inputs")
     embedder = embedder or get_embedder(options.embed_model)
@@ -282,6 +285,14 @@ def judge_shard(
     embedder = embedder or get_embedder(options.embed_model)
     _, stats = _judge_results(select(pairs), embedder, options, Path(out_dir) if out_dir else None, judge_backend)
     return stats
+
+
+def _refuse_empty(records, report: SkipReport, what: str, kind: str) -> None:
+    """A file without one usable record is the wrong file, not a score of zero."""
+    if records:
+        return
+    example = f"; e.g. {report.skipped[0][0]}: {report.skipped[0][1]}" if report.skipped else ""
+    raise UserError(f"{what}: no usable {kind} ({report.n_skipped} skipped{example})")
 
 
 class _Stopwatch:

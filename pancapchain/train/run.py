@@ -7,7 +7,6 @@ writes ``metrics.json``, ``data_report.json`` and the final checkpoint into ``tr
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from pancapchain.config import ConfigError, RecipeConfig, active_stages, load_re
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import load_prompts
-from pancapchain.errors import TrainingInterrupted, debug_requested, run_guarded
+from pancapchain.errors import ArgumentParser, TrainingInterrupted, debug_requested, run_guarded
 from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
 from pancapchain.model.build import build_trainable, projector_parameter_names, runtime_choices, select_dtype
@@ -40,7 +39,7 @@ log = logging.getLogger("pancapchain.train")
 
 
 def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
-    parser = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
@@ -217,9 +216,11 @@ def run_training(cfg: RecipeConfig) -> dict:
     finally:
         stopper.restore()
     if stopper.requested:
-        raise TrainingInterrupted(
+        stop = TrainingInterrupted(
             f"training stopped by Ctrl-C after step {stopper.step} of {trainer.state.max_steps}; checkpoint "
             f"{out / f'checkpoint-{stopper.step}'} is complete: rerun the same command to resume from it")
+        stop.quiet = not trainer.is_world_process_zero()  # one line per launch, from the saving rank
+        raise stop
     if start_eval:
         metrics["eval_loss_start"] = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     metrics.update({"train_" + k.removeprefix("train_"): v for k, v in result.metrics.items()})

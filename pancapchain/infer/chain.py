@@ -5,8 +5,9 @@ vision tower + projector run once per batch of images (``encode``), and every st
 features through transformers' ``mm_encoder_outputs`` (the same tensors the model would compute itself, so
 outputs are unchanged). Stages are batched across images with left padding.
 
-Stage k's prompt is built from stage k-1's *parsed* items (``format_items``), so a user edit of any stage
-(see ``pancapchain.infer.chat``) reaches every later stage.
+Stage k's prompt is built from the earlier stages' *parsed* items by the function that builds the training
+prompts (``pancapchain.data.stage_prompt``), so a user edit of any stage (see ``pancapchain.infer.chat``)
+reaches every later stage.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pancapchain.constants import DIRECT, STAGES
 from pancapchain.data.boxes import BoxCodec, box_iou
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prompts import PromptSet, load_prompts
-from pancapchain.data.stages import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_parse import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
 from pancapchain.mask.head import load_mask_head
@@ -123,16 +125,9 @@ class PancapChain:
 
     # ------------------------------------------------------------------------------------ prompts
     def stage_prompt(self, stage: str, state: ChainState) -> str:
-        """The stage's user prompt, filled from the earlier stages' parsed items."""
-        w, h = state.width, state.height
-        if stage in ("localize", DIRECT):
-            return self.prompts.render(stage)
-        if stage == "label":
-            boxes = [StageItem(None, it.boxes) for it in state.items("localize")]
-            return self.prompts.render(stage, boxes=format_items(boxes, self.codec, w, h))
-        if stage == "discover":
-            return self.prompts.render(stage, entities=format_items(state.items("label"), self.codec, w, h))
-        return self.prompts.render(stage, entities=format_items(state.entities(), self.codec, w, h))
+        """The stage's user prompt, filled from the earlier stages' parsed items (the training prompts' filler)."""
+        earlier = {slot: out.items for slot, out in state.outputs.items()}
+        return stage_prompt(self.prompts, stage, earlier, codec=self.codec, width=state.width, height=state.height)
 
     def set_output(self, state: ChainState, stage: str, raw: str, prompt: str = "", truncated: bool = False,
                    edited: bool = False) -> StageOutput:

@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from pancapchain.data.caption_parser import parse_caption
-from pancapchain.data.stages import StageItem
+from pancapchain.data.stage_parse import StageItem
 from pancapchain.data.synth import generate_scene
 from pancapchain.infer.session import ChainSession, SessionError
 from pancapchain.infer.visualize import PALETTE, draw_prediction

@@ -150,7 +150,8 @@ class PancapChain:
         prompts = [self.stage_prompt(stage, s) for s in states]
         guard = None if not options.stop_on_repeat else ("text" if output_slot(stage) == "caption" else "items")
         texts = self.generator.generate(
-            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard
+            prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard,
+            seed=options.seed,
         )
         for state, prompt, decoded in zip(states, prompts, texts):
             out = self.set_output(state, stage, decoded.text, prompt, decoded.truncated)

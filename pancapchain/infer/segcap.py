@@ -73,19 +73,14 @@ def sample_distinct(
     """Up to ``k`` distinct non-empty (text, truncated) answers, K sampled per round, rounds bounded."""
     generator = chain.generator
     kept: list[tuple[str, bool]] = []
-    saved_seed = generator.seed
-    try:
-        for round_index in range(max_rounds):
-            if len(kept) >= k:
-                break
-            generator.seed = seed + round_index
-            batch = generator.generate([prompt] * k, [size] * k, Generator.select(features, [0] * k), chain.system,
-                                       generate_kwargs)
-            for text, truncated, _ in batch:
-                if len(kept) < k and text.strip() and not is_duplicate(text, [t for t, _ in kept], near_duplicate):
-                    kept.append((text, truncated))
-    finally:
-        generator.seed = saved_seed
+    for round_index in range(max_rounds):
+        if len(kept) >= k:
+            break
+        batch = generator.generate([prompt] * k, [size] * k, Generator.select(features, [0] * k), chain.system,
+                                   generate_kwargs, seed=seed + round_index)
+        for text, truncated, _ in batch:
+            if len(kept) < k and text.strip() and not is_duplicate(text, [t for t, _ in kept], near_duplicate):
+                kept.append((text, truncated))
     if len(kept) < k:
         log.warning("segcap: %d distinct captions after %d rounds (asked for %d)", len(kept), max_rounds, k)
     return kept

@@ -164,6 +164,5 @@ class ChainSession:
         stage = self.stage
         for later in STAGES[self.stage_index :]:
             self.state.outputs.pop(later, None)
-        self.chain.generator.seed = options.seed
         self.chain.run_stage(stage, [self.state], self.features, options)
         return self.state.outputs[stage]

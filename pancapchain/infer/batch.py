@@ -97,13 +97,13 @@ def run_inference(
         for batch in _batches(todo, batch_size):
             states = [s for s in (_open(it, report) for it in batch) if s is not None]
             if states:
-                for item, result in zip([it for it in batch if it.id in {s.id for s in states}],
-                                        chain.run(states, options, timings=timings, plan=plan)):
-                    result["image"] = item.image
-                    append_line(out, result)
+                for item, pred in zip([it for it in batch if it.id in {s.id for s in states}],
+                                      chain.run(states, options, timings=timings, plan=plan)):
+                    pred.image = item.image
+                    append_line(out, pred.to_dict())
                     written += 1
-                    for stage, stage_out in result["stages"].items():
-                        truncated[stage] = truncated.get(stage, 0) + int(stage_out["truncated"])
+                    for stage, record in pred.stages.items():
+                        truncated[stage] = truncated.get(stage, 0) + int(record.truncated)
             bar.update(len(batch))
     report.kept = len(done) + written
     summary = {

@@ -27,7 +27,8 @@ from PIL import Image
 from pancapchain.data.boxes import BoxCodec, find_box_groups, read_user_box
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.schema import Box, validate_box
-from pancapchain.data.stage_parse import clean_tag
+from pancapchain.data.stage_parse import StageItem, clean_tag
+from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import Generator
 
@@ -142,7 +143,8 @@ def region(
     result = {"caption": text, "truncated": truncated, "box": [round(v, 4) for v in box], "box_model": box_text,
               "mask": None}
     if chain.masks is not None:
-        label_prompt = chain.prompts.render("label", boxes=box_text)
+        label_prompt = stage_prompt(chain.prompts, "label", {"localize": [StageItem(None, (box,))]},
+                                    codec=chain.codec, width=w, height=h)
         answer = f"{clean_tag(text) or 'entity'} {box_text}"
         [gm] = chain.masks.predict(features, 0, label_prompt, answer, h, w)
         result["mask"] = {"rle": gm.rle(), "score": round(gm.score, 4)}

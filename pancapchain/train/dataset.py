@@ -25,6 +25,8 @@ from pancapchain.data.stages import StageExample, build_stage_examples
 from pancapchain.mask.targets import answer_mask_targets, dumps_targets
 from pancapchain.model.chat import stage_token_ids
 
+LENGTH_CHUNK = 512  # examples tokenized at once when counting lengths
+
 
 def image_problem(path: Path) -> str | None:
     """Why an image cannot be used (missing, unreadable, corrupt), or None when it opens and verifies."""
@@ -108,9 +110,13 @@ def sequence_lengths(
     examples: Sequence[StageExample], processor: ProcessorMixin, system: str | None
 ) -> list[int]:
     """Tokens per example as the collator builds them: prompt (with N image tokens) + answer + EOS."""
-    ids = stage_token_ids(processor, [ex.prompt for ex in examples], [ex.target for ex in examples],
-                          [(ex.height, ex.width) for ex in examples], system)
-    return [len(prompt) + len(answer) for prompt, answer in ids]
+    lengths = []
+    for start in range(0, len(examples), LENGTH_CHUNK):  # chunks: expanded prompts are long strings
+        chunk = examples[start : start + LENGTH_CHUNK]
+        ids = stage_token_ids(processor, [ex.prompt for ex in chunk], [ex.target for ex in chunk],
+                              [(ex.height, ex.width) for ex in chunk], system)
+        lengths.extend(len(prompt) + len(answer) for prompt, answer in ids)
+    return lengths
 
 
 def build_stage_dataset(

@@ -140,7 +140,7 @@ class Generator:
         if seed is None:
             yield
             return
-        devices = [self.device] if self.device.type == "cuda" else []
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             yield

@@ -36,7 +36,7 @@ def our_way(chain: PancapChain, images, options: GenerationOptions, batch_size: 
     outputs = []
     for start in range(0, len(images), batch_size):
         states = [ChainState(i, im) for i, im in images[start : start + batch_size]]
-        outputs += [{s: r["stages"][s]["raw"] for s in r["stages"]} for r in chain.run(states, options)]
+        outputs += [{s: record.raw for s, record in r.stages.items()} for r in chain.run(states, options)]
     return outputs
 
 

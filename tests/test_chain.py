@@ -15,6 +15,7 @@ from conftest import write_dataset
 from PIL import Image
 
 from pancapchain.constants import STAGES
+from pancapchain.data.prediction import Prediction
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
 
@@ -39,8 +40,8 @@ def images(tmp_path_factory) -> list[tuple[str, Image.Image]]:
     return out
 
 
-def _raw(results: list[dict]) -> list[dict[str, str]]:
-    return [{stage: r["stages"][stage]["raw"] for stage in r["stages"]} for r in results]
+def _raw(results: list[Prediction]) -> list[dict[str, str]]:
+    return [{stage: record.raw for stage, record in r.stages.items()} for r in results]
 
 
 def test_batched_equals_one_at_a_time_and_the_reencoding_reference(chain, images):
@@ -49,7 +50,7 @@ def test_batched_equals_one_at_a_time_and_the_reencoding_reference(chain, images
     batched = chain.run([ChainState(i, im) for i, im in images], OPTS, given=given)
     single = [chain.run([ChainState(i, im)], OPTS, given=[g])[0] for (i, im), g in zip(images, given)]
     assert _raw(batched) == _raw(single)
-    assert all(set(r["stages"]) == set(STAGES) for r in batched)
+    assert all(set(r.stages) == set(STAGES) for r in batched)
 
     # The paper's way: one image, pixels re-encoded at every stage, same prompts -> the same text.
     image_id, image = images[1]
@@ -65,9 +66,9 @@ def test_given_stage_output_feeds_the_next_prompt_and_stop_after(chain, images):
     image_id, image = images[0]
     options = GenerationOptions(max_new_tokens=OPTS.max_new_tokens, stop_after="label")
     [result] = chain.run([ChainState(image_id, image)], options, given=[{"localize": GIVEN_BOXES}])
-    assert list(result["stages"]) == ["localize", "label"]
-    assert result["stages"]["label"]["prompt"].endswith(GIVEN_BOXES)
-    assert result["stages"]["localize"]["edited"] is True
+    assert list(result.stages) == ["localize", "label"]
+    assert result.stages["label"].prompt.endswith(GIVEN_BOXES)
+    assert result.stages["localize"].edited is True
 
 
 def _cli(*args: str, stdin: str | None = None, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -140,7 +140,7 @@ def test_chain_gives_the_same_outputs_from_export_and_checkpoint(trained, fp32_e
     options = GenerationOptions(max_new_tokens={"localize": 12, "label": 12, "discover": 12, "caption": 16})
     from_checkpoint = PancapChain.from_pretrained(str(trained)).run([ChainState("s1", image)], options)
     from_export = PancapChain.from_pretrained(str(fp32_export.out)).run([ChainState("s1", image)], options)
-    assert set(from_export[0]["stages"]) == {"localize", "label", "discover", "caption"}
+    assert set(from_export[0].stages) == {"localize", "label", "discover", "caption"}
     assert from_export == from_checkpoint  # raw text, prompts, parsed entities and caption of every stage
 
 

@@ -83,6 +83,7 @@ def test_mask_training_checkpoint_and_chain_masks(synth, tmp_path):
     caption_given = "A red circle <box>[[100, 200, 400, 600]]</box> and a sky <box>[[0, 100, 1000, 400]]</box>."
     options = GenerationOptions(max_new_tokens={"localize": 8, "label": 8, "discover": 8, "caption": 8})
     [result] = chain.run([ChainState("x", image)], options, given=[{"caption": caption_given}])
+    result = result.to_dict()
     assert len(result["entities"]) == 2 and len(result["masks"]) == 2
     assert [m["box"] for m in result["masks"]] == [e["box"] for e in result["entities"]]
     for entry in result["masks"]:

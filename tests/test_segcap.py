@@ -88,7 +88,8 @@ def test_segcap_returns_k_distinct_pairs_with_masks(trained, chain):
     _assert_pairs(pairs, 5, image)
     again = segcap(chain, image, box, 5, temperature=1.5, max_new_tokens=40, seed=7)
     assert [p["caption_model"] for p in again] == [p["caption_model"] for p in pairs]  # seeded
-    assert chain.generator.seed == 0  # restored
+    other = segcap(chain, image, box, 5, temperature=1.5, max_new_tokens=40, seed=8)
+    assert [p["caption_model"] for p in other] != [p["caption_model"] for p in pairs]
 
 
 def test_segcap_drops_exact_and_near_duplicates_and_refills(trained, chain, monkeypatch):
@@ -100,8 +101,8 @@ def test_segcap_drops_exact_and_near_duplicates_and_refills(trained, chain, monk
     ]
     calls = []
 
-    def scripted(prompts, sizes, features, system, kwargs):
-        calls.append((chain.generator.seed, len(prompts), len(features.pooler_output), kwargs))
+    def scripted(prompts, sizes, features, system, kwargs, *, seed):
+        calls.append((seed, len(prompts), len(features.pooler_output), kwargs))
         return [Decoded(t, False) for t in rounds[len(calls) - 1]]
 
     monkeypatch.setattr(chain.generator, "generate", scripted)
@@ -121,7 +122,7 @@ def test_segcap_drops_exact_and_near_duplicates_and_refills(trained, chain, monk
 
 
 def test_segcap_gives_fewer_after_the_round_budget(trained, chain, monkeypatch):
-    monkeypatch.setattr(chain.generator, "generate", lambda p, *a: [Decoded("same text", False)] * len(p))
+    monkeypatch.setattr(chain.generator, "generate", lambda p, *a, seed: [Decoded("same text", False)] * len(p))
     pairs = segcap(chain, Image.open(trained["image"]), [0.1, 0.2, 0.3, 0.4], 3, max_rounds=2)
     assert [p["caption_model"] for p in pairs] == ["same text"]
 

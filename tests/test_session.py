@@ -6,7 +6,7 @@ import pytest
 from conftest import make_sample
 from PIL import Image
 
-from pancapchain.data.stages import StageItem
+from pancapchain.data.stage_parse import StageItem
 from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import GenerationOptions
 from pancapchain.infer.session import ChainSession, SessionError

@@ -17,13 +17,8 @@ from pancapchain.constants import STAGES, TASKS
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptError, default_prompt_root, load_prompts
 from pancapchain.data.schema import Entity, PanopticSample, SampleError
-from pancapchain.data.stages import (
-    StageItem,
-    build_stage_examples,
-    discover_split,
-    format_items,
-    parse_stage_output,
-)
+from pancapchain.data.stage_parse import StageItem, format_items, parse_stage_output
+from pancapchain.data.stages import build_stage_examples, discover_split
 
 PROMPTS = load_prompts()
 ASMV2, NORMALIZED = BoxCodec("asmv2"), BoxCodec("normalized")

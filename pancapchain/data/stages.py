@@ -1,5 +1,7 @@
-"""Four-stage PancapChain training samples from one :class:`PanopticSample` (and, re-exported from
-:mod:`pancapchain.data.stage_parse`, the parser that reads the same format back at inference).
+"""Four-stage PancapChain training samples from one :class:`PanopticSample`.
+
+Targets are written with :mod:`pancapchain.data.stage_parse` (the format the chain parses back) and prompts
+are filled by :func:`pancapchain.data.stage_prompt.stage_prompt` (the function the chain uses at inference).
 
 One sample yields up to four (prompt, target) pairs; the prompt is the rendered stage template
 without the image token and without the chat template. With entities E1..En in entity (= caption)
@@ -46,27 +48,8 @@ from pancapchain.data.box_tasks import NoTaskExample, build_box_task
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError
-from pancapchain.data.stage_parse import (
-    StageItem,
-    StageParse,
-    clean_tag,
-    format_items,
-    merge_discovered,
-    parse_stage_output,
-)
-
-__all__ = [
-    "StageExample",
-    "StageItem",
-    "StageParse",
-    "build_stage_examples",
-    "clean_tag",
-    "discover_split",
-    "entity_items",
-    "format_items",
-    "merge_discovered",
-    "parse_stage_output",
-]
+from pancapchain.data.stage_parse import StageItem, clean_tag, format_items
+from pancapchain.data.stage_prompt import box_only, stage_prompt
 
 
 @dataclass(frozen=True)
@@ -181,29 +164,22 @@ def _build_pair(
     """(prompt, target) of one stage, or None when the sample has nothing to teach in that stage."""
     w, h = sample.width, sample.height
 
-    def text(some: Sequence[StageItem]) -> str:
-        return format_items(some, codec, w, h)
+    def prompt(**earlier: Sequence[StageItem]) -> str:
+        return stage_prompt(prompts, stage, earlier, codec=codec, width=w, height=h)
 
     if stage in ("caption", DIRECT):
         caption = sample.caption.strip()
-        if not caption:
-            return None
-        prompt = prompts.render(stage) if stage == DIRECT else prompts.render(stage, entities=text(items))
-        return prompt, codec.convert_text(caption, w, h)
+        return (prompt(label=items), codec.convert_text(caption, w, h)) if caption else None
     if not items:
         return None
     if stage == "localize":
-        return prompts.render(stage), text(_unique(_box_only(items), codec, w, h))
+        return prompt(), format_items(_unique(box_only(items), codec, w, h), codec, w, h)
     if stage == "label":
-        return prompts.render(stage, boxes=text(_unique(_box_only(items), codec, w, h))), text(items)
+        return prompt(localize=_unique(box_only(items), codec, w, h)), format_items(items, codec, w, h)
     missing = discover_split(sample.id, len(items), ratio, seed)
     known = [it for it, gone in zip(items, missing) if not gone]
     found = [it for it, gone in zip(items, missing) if gone]
-    return prompts.render(stage, entities=text(known)), text(found)
-
-
-def _box_only(items: Sequence[StageItem]) -> list[StageItem]:
-    return [StageItem(None, it.boxes) for it in items]
+    return prompt(label=known), format_items(found, codec, w, h)
 
 
 def _unique(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int) -> list[StageItem]:

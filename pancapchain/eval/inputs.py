@@ -7,8 +7,9 @@ GT formats
   only matters for predicted ``<box>[[ints]]</box>`` groups (padded-square grid -> normalized).
 * PanopticSample JSONL (:mod:`pancapchain.data.schema`), with sizes, structure and masks.
 
-Predictions: JSONL ``{"id", "caption", "masks"?}`` (``masks``: list of ``{"box" | "entity", "rle"}``), or a
-JSON array of such objects (``image_path`` / ``model_response`` are accepted as in the official files).
+Predictions: JSONL rows read by :meth:`pancapchain.data.prediction.Prediction.from_dict` (the record ``infer``
+writes; other tools' ``{"id", "caption", "masks"?}`` rows too, ``masks``: list of ``{"box" | "entity", "rle"}``),
+or a JSON array of such objects (``image_path`` / ``model_response`` are accepted as in the official files).
 Records without a usable id (or on a line over ``MAX_LINE_CHARS``) are skipped into the SkipReport; later
 duplicates of an id are skipped too; a caption over ``MAX_CAPTION_CHARS`` is not scored (zero, with a warning);
 a record whose caption is not a string is kept as *bad* (its image is scored zero with a warning).
@@ -17,12 +18,12 @@ a record whose caption is not a string is kept as *bad* (its image is scored zer
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pancapchain.data import io
 from pancapchain.data.io import SkipReport, iter_jsonl, load_samples, read_line_bounded
+from pancapchain.data.prediction import Prediction, PredictionError
 from pancapchain.data.sapancap import ImportReport, read_caption_records, sample_id
 from pancapchain.data.schema import PanopticSample, SampleError
 
@@ -48,17 +49,6 @@ class GTRecord:
     height: int | None = None
     sample: PanopticSample | None = None
     image: str | None = None
-
-
-@dataclass
-class Prediction:
-    """One predicted caption; ``problem`` is set when the record is unusable (scored zero)."""
-
-    id: str
-    caption: str = ""
-    masks: list[Any] = field(default_factory=list)
-    problem: str | None = None
-    warnings: list[str] = field(default_factory=list)
 
 
 def _first_char(path: Path) -> str:
@@ -125,44 +115,19 @@ def _load_sapancap(path: Path, image_root: Path | None) -> tuple[list[GTRecord],
     return _without_long_captions(records, report), report
 
 
-def _prediction_id(obj: dict) -> str | None:
-    raw = obj.get("id")
-    if raw is None and isinstance(obj.get("image_path"), str):
-        return sample_id(obj["image_path"])
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or str(raw).strip() == "":
-        return None
-    return str(raw)
-
-
-def _prediction(obj: Any, where: str, report: SkipReport) -> Prediction | None:
-    if not isinstance(obj, dict):
-        report.skip(where, f"invalid: a prediction must be a JSON object, got {type(obj).__name__}")
-        return None
-    pred_id = _prediction_id(obj)
-    if pred_id is None:
-        report.skip(where, "invalid: missing or unusable 'id'")
-        return None
-    caption = obj.get("caption", obj.get("model_response"))
-    masks = obj.get("masks") or []
-    if not isinstance(caption, str):
-        problem = "missing caption" if caption is None else f"caption is {type(caption).__name__}, not a string"
-        return Prediction(pred_id, problem=f"bad prediction: {problem}")
-    if caption_too_long(caption):
-        return Prediction(pred_id, problem=f"bad prediction: {caption_too_long(caption)}")
-    if not isinstance(masks, list):
-        return Prediction(pred_id, caption, [], warnings=[f"masks ignored: expected a list, got {type(masks).__name__}"])
-    return Prediction(pred_id, caption, masks)
-
-
 def load_predictions(path: str | Path) -> tuple[dict[str, Prediction], SkipReport]:
     """Predictions by id (first occurrence wins); unusable records are counted in the report."""
     path = Path(path)
     report = SkipReport(what=f"predictions in {path.name}")
     found: dict[str, Prediction] = {}
     for where, obj in _iter_prediction_objects(path, report):
-        pred = _prediction(obj, where, report)
-        if pred is None:
+        try:
+            pred = Prediction.from_dict(obj, where)
+        except PredictionError as err:
+            report.skip(where, err.problem)
             continue
+        if pred.problem is None and caption_too_long(pred.caption):
+            pred.problem = f"bad prediction: {caption_too_long(pred.caption)}"
         if pred.id in found:
             report.skip(where, f"duplicate: prediction id {pred.id} already seen (first one kept)")
             continue

@@ -71,7 +71,6 @@ class HFJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True, trust_remote_code=False)
-        tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
         model = AutoModelForCausalLM.from_pretrained(
@@ -112,7 +111,7 @@ class HFJudge:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             # a chat template already writes BOS and friends; plain prompts get the tokenizer's own
-            enc = tok([texts[i] for i in chunk], return_tensors="pt", padding=True,
+            enc = tok([texts[i] for i in chunk], return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=not getattr(tok, "chat_template", None))
             enc = {k: v.to(self.device) for k, v in enc.items()}
             with torch.inference_mode():

@@ -18,12 +18,13 @@ from tqdm import tqdm
 from pancapchain.data.boxes import BoxCodec, find_box_groups, group_frame
 from pancapchain.data.caption_parser import strip_boxes
 from pancapchain.data.io import SkipReport
+from pancapchain.data.prediction import Prediction
 from pancapchain.data.sapancap import sample_id
 from pancapchain.errors import UserError
 from pancapchain.eval.caption_metrics import caption_metrics
 from pancapchain.eval.embed import Embedder, get_embedder
 from pancapchain.eval.grounding import evaluate_masks
-from pancapchain.eval.inputs import GTRecord, Prediction, load_gt, load_predictions
+from pancapchain.eval.inputs import GTRecord, load_gt, load_predictions
 from pancapchain.eval.judge import JudgeBackend
 from pancapchain.eval.masks import mask_ap, png_average_recall
 from pancapchain.eval.matching import MatchConfig, wordnet_status

@@ -113,13 +113,13 @@ def _chain_items(chain: PancapChain, todo: list[InferItem], path: Path, batch_si
         for batch in _batches(todo, batch_size):
             states = [s for s in (_open(it, report) for it in batch) if s is not None]
             if states:
-                for item, result in zip([it for it in batch if it.id in {s.id for s in states}],
-                                        chain.run(states, options, timings=timings, plan=plan)):
-                    result["image"] = item.image
-                    append_line(path, result)
+                for item, pred in zip([it for it in batch if it.id in {s.id for s in states}],
+                                      chain.run(states, options, timings=timings, plan=plan)):
+                    pred.image = item.image
+                    append_line(path, pred.to_dict())
                     written += 1
-                    for stage, stage_out in result["stages"].items():
-                        truncated[stage] = truncated.get(stage, 0) + int(stage_out["truncated"])
+                    for stage, record in pred.stages.items():
+                        truncated[stage] = truncated.get(stage, 0) + int(record.truncated)
             bar.update(len(batch))
     return {"written": written, "skipped": report.to_dict()["skipped"], "timings": timings, "truncated": truncated}
 

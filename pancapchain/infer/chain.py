@@ -5,8 +5,9 @@ vision tower + projector run once per batch of images (``encode``), and every st
 features through transformers' ``mm_encoder_outputs`` (the same tensors the model would compute itself, so
 outputs are unchanged). Stages are batched across images with left padding.
 
-Stage k's prompt is built from stage k-1's *parsed* items (``format_items``), so a user edit of any stage
-(see ``pancapchain.infer.chat``) reaches every later stage.
+Stage k's prompt is built from the earlier stages' *parsed* items by the function that builds the training
+prompts (``pancapchain.data.stage_prompt``), so a user edit of any stage (see ``pancapchain.infer.chat``)
+reaches every later stage.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from PIL import Image
 from pancapchain.constants import DIRECT, STAGES
 from pancapchain.data.boxes import BoxCodec, box_iou
 from pancapchain.data.caption_parser import caption_entities, parse_caption
+from pancapchain.data.prediction import PredictedEntity, Prediction, StageRecord
 from pancapchain.data.prompts import PromptSet, load_prompts
-from pancapchain.data.stages import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_parse import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
 from pancapchain.mask.head import load_mask_head
@@ -57,17 +60,11 @@ class StageOutput:
     edited: bool = False
     repeat_stopped: bool = False  # generation ended on a loop (pancapchain.infer.repeats), not at max tokens
 
-    def to_dict(self) -> dict:
-        return {
-            "prompt": self.prompt,
-            "raw": self.raw,
-            "items": [{"tag": it.tag, "boxes": [list(b) for b in it.boxes]} for it in self.items],
-            "malformed": list(self.malformed),
-            "duplicates": self.duplicates,
-            "truncated": self.truncated,
-            "edited": self.edited,
-            "repeat_stopped": self.repeat_stopped,
-        }
+    def record(self) -> StageRecord:
+        """This output as it is written in a prediction row."""
+        items = tuple((it.tag, it.boxes) for it in self.items)
+        return StageRecord(self.prompt, self.raw, items, self.malformed, self.duplicates, self.truncated,
+                           self.edited, self.repeat_stopped)
 
 
 @dataclass
@@ -125,16 +122,9 @@ class PancapChain:
 
     # ------------------------------------------------------------------------------------ prompts
     def stage_prompt(self, stage: str, state: ChainState) -> str:
-        """The stage's user prompt, filled from the earlier stages' parsed items."""
-        w, h = state.width, state.height
-        if stage in ("localize", DIRECT):
-            return self.prompts.render(stage)
-        if stage == "label":
-            boxes = [StageItem(None, it.boxes) for it in state.items("localize")]
-            return self.prompts.render(stage, boxes=format_items(boxes, self.codec, w, h))
-        if stage == "discover":
-            return self.prompts.render(stage, entities=format_items(state.items("label"), self.codec, w, h))
-        return self.prompts.render(stage, entities=format_items(state.entities(), self.codec, w, h))
+        """The stage's user prompt, filled from the earlier stages' parsed items (the training prompts' filler)."""
+        earlier = {slot: out.items for slot, out in state.outputs.items()}
+        return stage_prompt(self.prompts, stage, earlier, codec=self.codec, width=state.width, height=state.height)
 
     def set_output(self, state: ChainState, stage: str, raw: str, prompt: str = "", truncated: bool = False,
                    edited: bool = False) -> StageOutput:
@@ -160,6 +150,7 @@ class PancapChain:
         texts = self.generator.generate(
             prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard,
             given_boxes=given,
+            seed=options.seed,
         )
         for state, prompt, decoded in zip(states, prompts, texts):
             out = self.set_output(state, stage, decoded.text, prompt, decoded.truncated)
@@ -186,11 +177,11 @@ class PancapChain:
         given: Sequence[Mapping[str, str]] | None = None,
         timings: dict[str, float] | None = None,
         plan: str = "chain",
-    ) -> list[dict]:
+    ) -> list[Prediction]:
         """Run every stage of ``PLANS[plan]`` (up to ``options.stop_after``) for ``states`` as one batch.
 
         ``given[i][stage]`` is a user-supplied output for image i (e.g. known boxes): that stage is not generated
-        for that image. ``timings`` accumulates seconds per stage (plus "encode"). Returns result dicts.
+        for that image. ``timings`` accumulates seconds per stage (plus "encode"). Returns one Prediction per state.
         """
         if plan not in PLANS:
             raise ValueError(f"unknown plan {plan!r}; choose one of {sorted(PLANS)}")
@@ -212,29 +203,29 @@ class PancapChain:
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
             if stage == options.stop_after:
                 break
-        return [self.result(s) for s in states]
+        return [self.prediction(s) for s in states]
 
     def result(self, state: ChainState) -> dict:
-        """A JSON-ready result: stage outputs, entities (both box formats) and the caption (normalized boxes)."""
+        """:meth:`prediction` as a JSON-ready dict."""
+        return self.prediction(state).to_dict()
+
+    def prediction(self, state: ChainState) -> Prediction:
+        """Stage outputs, entities (both box formats) and the caption (normalized boxes) of one image."""
         w, h = state.width, state.height
-        out: dict = {"id": state.id, "width": w, "height": h}
-        out["stages"] = {stage: o.to_dict() for stage, o in state.outputs.items()}
-        if "caption" in state.outputs:
-            raw = state.outputs["caption"].raw
-            caption = BoxCodec("normalized").convert_text(raw, w, h)
-            mentions = caption_entities(parse_caption(caption, w, h))
-            out["caption_model"] = raw
-            out["caption"] = caption
+        pred = Prediction(state.id, width=w, height=h, has_caption="caption" in state.outputs,
+                          stages={stage: o.record() for stage, o in state.outputs.items()})
+        if pred.has_caption:
+            pred.caption_model = state.outputs["caption"].raw
+            pred.caption = BoxCodec("normalized").convert_text(pred.caption_model, w, h)
+            mentions = caption_entities(parse_caption(pred.caption, w, h))
         else:  # stopped early: report the entities known so far
             mentions = [(it.tag or "", box) for it in self.entities_so_far(state) for box in it.boxes]
-        out["entities"] = [
-            {"tag": tag, "box": [round(v, 4) for v in box], "box_model": self.codec.encode([box], w, h)}
-            for tag, box in mentions
-        ]
+        pred.entities = [PredictedEntity(tag, tuple(round(v, 4) for v in box), self.codec.encode([box], w, h))
+                         for tag, box in mentions]
         # Masks in the evaluation's format: one per entity, linked by its box (see pancapchain.eval.inputs).
-        masks = zip(out["entities"], self._entity_masks(state, [box for _, box in mentions]))
-        out["masks"] = [{"box": e["box"], "rle": gm.rle(), "score": round(gm.score, 4)} for e, gm in masks if gm]
-        return out
+        masks = zip(pred.entities, self._entity_masks(state, [box for _, box in mentions]))
+        pred.masks = [{"box": list(e.box), "rle": gm.rle(), "score": round(gm.score, 4)} for e, gm in masks if gm]
+        return pred
 
     def _entity_masks(self, state: ChainState, boxes: list) -> list:
         """The caption group mask whose box equals each entity box (None when there is no mask head)."""

@@ -27,7 +27,7 @@ from typing import TextIO
 
 from PIL import Image
 
-from pancapchain.data.stages import StageItem
+from pancapchain.data.stage_parse import StageItem
 from pancapchain.errors import is_user_error, one_line
 from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import GenerationOptions

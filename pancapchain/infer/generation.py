@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -71,7 +72,6 @@ class Generator:
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.seed = 0
 
     @property
     def device(self) -> torch.device:
@@ -96,8 +96,8 @@ class Generator:
             expand_image_tokens(self.processor, render_prompt(self.processor, p, system), h, w)
             for p, (h, w) in zip(prompts, sizes)
         ]
-        self.tokenizer.padding_side = "left"  # generation appends on the right; pads must not sit between
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True)
+        # generation appends on the right, so pads must sit on the left (per call: the tokenizer is shared)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
         return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     @torch.no_grad()
@@ -110,25 +110,29 @@ class Generator:
         generate_kwargs: dict,
         repeat_guard: str | None = None,
         given_boxes: bool = False,
+        *,
+        seed: int = 0,
     ) -> list[Decoded]:
         """Decode one answer per prompt. ``repeat_guard``: "items" (item lists) or "text" (captions) stops a
         row that starts to loop (see pancapchain.infer.repeats); None decodes to EOS or max_new_tokens.
-        ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes)."""
+        ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes).
+
+        Sampling (``do_sample``) draws from torch's RNG seeded with ``seed`` for this call only: the caller's
+        RNG state is restored afterwards, so one call's seed never leaks into another's."""
         input_ids, attention_mask = self.tokenize(prompts, sizes, system)
         processor = GivenBoxes.from_prompts(input_ids, self.tokenizer) if given_boxes else None
-        if generate_kwargs.get("do_sample"):
-            torch.manual_seed(self.seed)
         guard = self._repeat_stop(input_ids.shape[1], repeat_guard)
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            mm_encoder_outputs={"image": features},
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            stopping_criteria=[guard] if guard else None,
-            logits_processor=LogitsProcessorList([processor]) if processor else None,
-            **generate_kwargs,
-        )
+        with self._seeded(seed if generate_kwargs.get("do_sample") else None):
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                mm_encoder_outputs={"image": features},
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=[guard] if guard else None,
+                logits_processor=LogitsProcessorList([processor]) if processor else None,
+                **generate_kwargs,
+            )
         new_tokens = out[:, input_ids.shape[1] :]
         looped = guard.stopped.tolist() if guard is not None and guard.stopped is not None else [False] * len(out)
         results = []
@@ -138,6 +142,17 @@ class Generator:
             cut = not ended and not stopped and len(row) >= generate_kwargs["max_new_tokens"]
             results.append(Decoded(text, cut, bool(stopped and not ended)))
         return results
+
+    @contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """torch's RNG (CPU and this model's GPU) seeded with ``seed`` inside, restored on exit; None: untouched."""
+        if seed is None:
+            yield
+            return
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
 
     def _repeat_stop(self, prompt_len: int, kind: str | None) -> RepeatStop | None:
         if kind is None:

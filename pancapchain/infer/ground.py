@@ -17,7 +17,7 @@ from pancapchain.data.boxes import BoxCodec, strict_convert_text
 from pancapchain.data.caption_parser import parse_caption
 from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.schema import SampleError, resolve_image
-from pancapchain.data.stages import StageItem, format_items
+from pancapchain.data.stage_parse import StageItem, format_items
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.masks import refine_with_candidates
 from pancapchain.infer.parallel import run_sharded

@@ -27,7 +27,8 @@ from PIL import Image
 from pancapchain.data.boxes import BoxCodec, find_box_groups, read_user_box
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.schema import Box, validate_box
-from pancapchain.data.stage_parse import clean_tag
+from pancapchain.data.stage_parse import StageItem, clean_tag
+from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import Generator
 
@@ -73,19 +74,14 @@ def sample_distinct(
     """Up to ``k`` distinct non-empty (text, truncated) answers, K sampled per round, rounds bounded."""
     generator = chain.generator
     kept: list[tuple[str, bool]] = []
-    saved_seed = generator.seed
-    try:
-        for round_index in range(max_rounds):
-            if len(kept) >= k:
-                break
-            generator.seed = seed + round_index
-            batch = generator.generate([prompt] * k, [size] * k, Generator.select(features, [0] * k), chain.system,
-                                       generate_kwargs)
-            for text, truncated, _ in batch:
-                if len(kept) < k and text.strip() and not is_duplicate(text, [t for t, _ in kept], near_duplicate):
-                    kept.append((text, truncated))
-    finally:
-        generator.seed = saved_seed
+    for round_index in range(max_rounds):
+        if len(kept) >= k:
+            break
+        batch = generator.generate([prompt] * k, [size] * k, Generator.select(features, [0] * k), chain.system,
+                                   generate_kwargs, seed=seed + round_index)
+        for text, truncated, _ in batch:
+            if len(kept) < k and text.strip() and not is_duplicate(text, [t for t, _ in kept], near_duplicate):
+                kept.append((text, truncated))
     if len(kept) < k:
         log.warning("segcap: %d distinct captions after %d rounds (asked for %d)", len(kept), max_rounds, k)
     return kept
@@ -147,7 +143,8 @@ def region(
     result = {"caption": text, "truncated": truncated, "box": [round(v, 4) for v in box], "box_model": box_text,
               "mask": None}
     if chain.masks is not None:
-        label_prompt = chain.prompts.render("label", boxes=box_text)
+        label_prompt = stage_prompt(chain.prompts, "label", {"localize": [StageItem(None, (box,))]},
+                                    codec=chain.codec, width=w, height=h)
         answer = f"{clean_tag(text) or 'entity'} {box_text}"
         [gm] = chain.masks.predict(features, 0, label_prompt, answer, h, w)
         result["mask"] = {"rle": gm.rle(), "score": round(gm.score, 4)}

@@ -20,7 +20,7 @@ from PIL import Image
 from pancapchain.constants import STAGES
 from pancapchain.data.io import atomic_write_json
 from pancapchain.data.schema import Box, SampleError, validate_box
-from pancapchain.data.stages import StageItem
+from pancapchain.data.stage_parse import StageItem
 from pancapchain.infer.chain import ChainState, PancapChain, StageOutput
 from pancapchain.infer.generation import GenerationOptions
 
@@ -164,6 +164,5 @@ class ChainSession:
         stage = self.stage
         for later in STAGES[self.stage_index :]:
             self.state.outputs.pop(later, None)
-        self.chain.generator.seed = options.seed
         self.chain.run_stage(stage, [self.state], self.features, options)
         return self.state.outputs[stage]

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from pancapchain.data.io import SkipReport, atomic_write_text, iter_jsonl
+from pancapchain.data.prediction import Prediction, PredictionError
 from pancapchain.data.schema import SampleError, resolve_image
 from pancapchain.errors import UserError
 from pancapchain.mask.rle import decode_rle
@@ -20,29 +21,29 @@ PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 13
 MIN_SIDE = 384  # small (synthetic) images are upscaled so tags stay readable
 
 
-def draw_prediction(image: Image.Image, pred: dict) -> Image.Image:
+def draw_prediction(image: Image.Image, pred: Prediction) -> Image.Image:
     """The image with masks (translucent), boxes and tags, and the caption below it."""
     scale = max(1.0, MIN_SIDE / min(image.size))
     w, h = round(image.width * scale), round(image.height * scale)
     canvas = image.convert("RGB").resize((w, h), Image.NEAREST)
     overlay = np.asarray(canvas).astype(np.float32)
-    boxes = [tuple(e["box"]) for e in pred.get("entities", [])]
-    for k, entry in enumerate(pred.get("masks", [])):
+    boxes = [tuple(e.box) for e in pred.entities]
+    for k, entry in enumerate(pred.masks):
         i = boxes.index(tuple(entry["box"])) if tuple(entry.get("box", ())) in boxes else k
-        mask = np.asarray(Image.fromarray(decode_rle(entry["rle"], str(pred.get("id", "?")))).resize((w, h), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(decode_rle(entry["rle"], pred.id)).resize((w, h), Image.NEAREST))
         overlay[mask] = 0.55 * overlay[mask] + 0.45 * np.array(PALETTE[i % len(PALETTE)])
     canvas = Image.fromarray(overlay.astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
-    for i, ent in enumerate(pred.get("entities", [])):
-        x1, y1, x2, y2 = (v * s for v, s in zip(ent["box"], (w, h, w, h)))
+    for i, ent in enumerate(pred.entities):
+        x1, y1, x2, y2 = (v * s for v, s in zip(ent.box, (w, h, w, h)))
         color = PALETTE[i % len(PALETTE)]
         draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
-        label = f"{i}: {ent.get('tag') or '?'}"
+        label = f"{i}: {ent.tag or '?'}"
         tw = draw.textlength(label, font=font)
         draw.rectangle([x1, y1, x1 + tw + 4, y1 + 12], fill=color)
         draw.text((x1 + 2, y1), label, fill=(0, 0, 0), font=font)
-    lines = textwrap.wrap(pred.get("caption", ""), width=max(40, w // 6))
+    lines = textwrap.wrap(pred.caption, width=max(40, w // 6))
     out = Image.new("RGB", (w, h + 14 * len(lines) + 8), (255, 255, 255))
     out.paste(canvas, (0, 0))
     text = ImageDraw.Draw(out)
@@ -58,16 +59,21 @@ def visualize(pred_path: str | Path, image_root: str | Path, out_dir: str | Path
     """
     out_dir = Path(out_dir)
     report = SkipReport(what="predictions")
-    rows = [obj for _, obj in iter_jsonl(pred_path, report)]
+    rows = []
+    for where, obj in iter_jsonl(pred_path, report):
+        try:
+            rows.append(Prediction.from_dict(obj, where))
+        except PredictionError as err:
+            report.skip(where, err.problem)
     if limit > 0:
         rows = rows[:limit]
     if not rows:
         raise UserError(f"--pred {pred_path}: no prediction rows to draw ({report.n_skipped} malformed lines)")
     cards = []
     for pred in tqdm(rows, desc="pictures", unit="img"):
-        pid = str(pred.get("id", "?"))
+        pid = pred.id
         try:
-            path = resolve_image(image_root, pred.get("image") or f"{pid}.png", pid)
+            path = resolve_image(image_root, pred.image or f"{pid}.png", pid)
             with Image.open(path) as img:
                 picture = draw_prediction(img, pred)
         except (OSError, SampleError, KeyError, TypeError, ValueError) as err:
@@ -86,14 +92,14 @@ def visualize(pred_path: str | Path, image_root: str | Path, out_dir: str | Path
     return report
 
 
-def _card(name: str, pred: dict) -> str:
+def _card(name: str, pred: Prediction) -> str:
     stages = "".join(
-        f"<details><summary>{html.escape(stage)}{' (truncated)' if s.get('truncated') else ''}</summary>"
-        f"<pre>{html.escape(s.get('raw', ''))}</pre></details>"
-        for stage, s in pred.get("stages", {}).items()
+        f"<details><summary>{html.escape(stage)}{' (truncated)' if s.truncated else ''}</summary>"
+        f"<pre>{html.escape(s.raw)}</pre></details>"
+        for stage, s in pred.stages.items()
     )
-    return (f"<div class='card'><h3>{html.escape(str(pred.get('id')))}</h3><img src='{html.escape(name)}'>"
-            f"<p>{html.escape(pred.get('caption', ''))}</p>{stages}</div>")
+    return (f"<div class='card'><h3>{html.escape(pred.id)}</h3><img src='{html.escape(name)}'>"
+            f"<p>{html.escape(pred.caption)}</p>{stages}</div>")
 
 
 def _page(cards: list[str], title: str) -> str:

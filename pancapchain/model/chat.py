@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from transformers import ProcessorMixin
 
 
@@ -33,3 +35,24 @@ def expand_image_tokens(processor: ProcessorMixin, text: str, height: int, width
     """``<image>`` -> N image tokens, as the processor does, without touching pixels (features are reused)."""
     token = processor.image_token
     return text.replace(token, token * image_token_count(processor, height, width))
+
+
+def stage_token_ids(
+    processor: ProcessorMixin,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    sizes: Sequence[tuple[int, int]],
+    system: str | None = None,
+) -> list[tuple[list[int], list[int]]]:
+    """The one tokenization of stage examples: per example (prompt ids, answer ids + EOS).
+
+    Prompt ids are the chat-rendered prompt with ``<image>`` expanded for the image's (height, width) in
+    ``sizes``, as inference feeds it; the collator's input_ids are prompt + answer and the dataset's ``length``
+    column is their total length, so the two cannot disagree.
+    """
+    tok = processor.tokenizer
+    texts = [expand_image_tokens(processor, render_prompt(processor, p, system), h, w)
+             for p, (h, w) in zip(prompts, sizes)]
+    prompt_ids = tok(texts, add_special_tokens=True)["input_ids"] if texts else []
+    answer_ids = tok([completion_text(t) for t in targets], add_special_tokens=False)["input_ids"] if targets else []
+    return [(list(p), [*a, tok.eos_token_id]) for p, a in zip(prompt_ids, answer_ids)]

@@ -1,8 +1,9 @@
 """Batch stage rows into model inputs: chat template, image expansion, prompt masking, right padding.
 
-Prompt and answer are tokenized separately and concatenated, so the supervised prefix is byte-identical to
-what inference feeds the model (``render_prompt``), and image tokens are never truncated (the dataset drops
-over-long rows before they get here).
+Prompt and answer are tokenized separately and concatenated by ``stage_token_ids`` (pancapchain.model.chat), the
+function the dataset's ``length`` column is counted with; the prompt is expanded and tokenized as inference does
+(``expand_image_tokens`` for the row's width/height), and image tokens are never truncated (the dataset drops
+over-long rows before they get here). Pixels go through the processor's image processor.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from transformers import ProcessorMixin
 
 from pancapchain.constants import IGNORE_INDEX, TASKS
 from pancapchain.mask.supervision import mask_batch
-from pancapchain.model.chat import completion_text, render_prompt
+from pancapchain.model.chat import completion_text, stage_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,23 @@ class PancapCollator:
 
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         rows, images = self._load_images(rows)
-        prompts = [render_prompt(self.processor, row["prompt"], self.system) for row in rows]
-        enc = self.processor(text=prompts, images=images, return_tensors=None)
-        answer_texts = [completion_text(row["target"]) for row in rows]
-        answers = self.tokenizer(answer_texts, add_special_tokens=False)["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        sequences, labels = [], []
-        for prompt_ids, answer_ids in zip(enc["input_ids"], answers):
-            answer = list(answer_ids) + [eos]
-            sequences.append(list(prompt_ids) + answer)
-            labels.append([IGNORE_INDEX] * len(prompt_ids) + answer)
+        ids = stage_token_ids(self.processor, [row["prompt"] for row in rows], [row["target"] for row in rows],
+                              [(row["height"], row["width"]) for row in rows], self.system)
+        sequences = [prompt + answer for prompt, answer in ids]
+        labels = [[IGNORE_INDEX] * len(prompt) + answer for prompt, answer in ids]
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         batch = {
             "input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in sequences]),
             "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
-            "pixel_values": torch.as_tensor(np.stack(enc["pixel_values"])),
+            "pixel_values": torch.as_tensor(np.stack(self.processor.image_processor(images)["pixel_values"])),
             "stage_ids": torch.tensor([TASKS.index(row["stage"]) for row in rows]),
             "loss_weights": torch.tensor([float(self.stage_weights.get(row["stage"], 1.0)) for row in rows]),
             "sample_ids": [f"{row['sample_id']}/{row['stage']}" for row in rows],
         }
         if self.mask_side > 0:
-            prompt_lengths = [len(ids) for ids in enc["input_ids"]]
+            prompt_lengths = [len(prompt) for prompt, _ in ids]
+            answer_texts = [completion_text(row["target"]) for row in rows]
             batch.update(mask_batch(rows, prompt_lengths, self.tokenizer, answer_texts, self.mask_side))
         return batch

@@ -23,7 +23,9 @@ from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError, resolve_image
 from pancapchain.data.stages import StageExample, build_stage_examples
 from pancapchain.mask.targets import answer_mask_targets, dumps_targets
-from pancapchain.model.chat import completion_text, image_token_count, render_prompt
+from pancapchain.model.chat import stage_token_ids
+
+LENGTH_CHUNK = 512  # examples tokenized at once when counting lengths
 
 
 def image_problem(path: Path) -> str | None:
@@ -107,15 +109,14 @@ def _mask_json(ex: StageExample, sample: PanopticSample, codec: BoxCodec, mask_s
 def sequence_lengths(
     examples: Sequence[StageExample], processor: ProcessorMixin, system: str | None
 ) -> list[int]:
-    """Tokens per example after image expansion: prompt (with N image tokens) + answer + EOS."""
-    tok = processor.tokenizer
-    prompts = [render_prompt(processor, ex.prompt, system) for ex in examples]
-    prompt_ids = tok(prompts, add_special_tokens=True)["input_ids"]
-    answer_ids = tok([completion_text(ex.target) for ex in examples], add_special_tokens=False)["input_ids"]
-    return [
-        len(p) - 1 + image_token_count(processor, ex.height, ex.width) + len(a) + 1
-        for ex, p, a in zip(examples, prompt_ids, answer_ids)
-    ]
+    """Tokens per example as the collator builds them: prompt (with N image tokens) + answer + EOS."""
+    lengths = []
+    for start in range(0, len(examples), LENGTH_CHUNK):  # chunks: expanded prompts are long strings
+        chunk = examples[start : start + LENGTH_CHUNK]
+        ids = stage_token_ids(processor, [ex.prompt for ex in chunk], [ex.target for ex in chunk],
+                              [(ex.height, ex.width) for ex in chunk], system)
+        lengths.extend(len(prompt) + len(answer) for prompt, answer in ids)
+    return lengths
 
 
 def build_stage_dataset(

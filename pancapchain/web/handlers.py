@@ -2,7 +2,7 @@
 
 Every action takes the browser session's ``DemoSession`` (``None`` before the first action) and returns a
 ``Page``: the new session and everything the page shows. Actions run one at a time under one lock: the model
-is shared by every browser session and its sampling seed is global state. A user mistake (bad file, box out of
+is shared by every browser session (a sampling seed is passed with each generate call). A user mistake (bad file, box out of
 range, a stage that has not run) becomes a message on the page; an internal error becomes a one-line message
 there too, with the traceback in the server log only.
 """

@@ -7,12 +7,14 @@ The editable table of a stage has one row per item: ``[tag, boxes]`` where boxes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
 from pancapchain.data.caption_parser import parse_caption
-from pancapchain.data.stages import StageItem
+from pancapchain.data.prediction import PredictedEntity, Prediction
+from pancapchain.data.stage_parse import StageItem
 from pancapchain.data.synth import generate_scene
 from pancapchain.infer.session import ChainSession, SessionError
 from pancapchain.infer.visualize import PALETTE, draw_prediction
@@ -58,18 +60,18 @@ def rows_to_items(rows: Sequence[Sequence], stage: str) -> list[StageItem]:
 
 
 # ---------------------------------------------------------------------------------------- pictures
-def stage_prediction(session: ChainSession, stage: str) -> dict:
-    """What the chain knows after ``stage``, in ``draw_prediction``'s format (entities, masks, caption).
+def stage_prediction(session: ChainSession, stage: str) -> Prediction:
+    """What the chain knows after ``stage``, as ``draw_prediction`` draws it (entities, masks, caption).
 
     localize: the boxes; label: the labelled items; discover: labelled + discovered; caption: the caption's
     entities, with their masks when the model has a mask head.
     """
-    if stage == "caption":
-        return session.result()
     state = session.state
+    if stage == "caption":
+        return session.chain.prediction(state)
     items = state.entities() if stage == "discover" else session.items(stage)
-    entities = [{"tag": it.tag or "", "box": [round(v, 4) for v in box]} for it in items for box in it.boxes]
-    return {"id": state.id, "entities": entities, "masks": [], "caption": ""}
+    entities = [PredictedEntity(it.tag or "", tuple(round(v, 4) for v in box)) for it in items for box in it.boxes]
+    return Prediction(state.id, entities=entities)
 
 
 def overlay(session: ChainSession, stage: str | None, caption: bool = False) -> Image.Image | None:
@@ -79,8 +81,8 @@ def overlay(session: ChainSession, stage: str | None, caption: bool = False) -> 
     """
     if session.state is None:
         return None
-    pred = stage_prediction(session, stage) if stage is not None else {"entities": []}
-    return draw_prediction(session.state.image, {**pred, "caption": pred.get("caption", "") if caption else ""})
+    pred = stage_prediction(session, stage) if stage is not None else Prediction(session.state.id)
+    return draw_prediction(session.state.image, replace(pred, caption=pred.caption if caption else ""))
 
 
 def color_hex(index: int) -> str:

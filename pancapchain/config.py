@@ -1,19 +1,22 @@
 """Typed recipe configuration: YAML + ``key=value`` overrides -> validated ``RecipeConfig``.
 
 Sections map 1:1 to dataclasses. OmegaConf's structured merge rejects unknown keys and wrong types;
-``validate`` then collects every cross-field problem and raises once with what to change.
+``validate`` then collects every cross-field problem and raises once with what to change. Every field carries
+its documentation (``doc(...)`` metadata), printed by ``train.py --recipe R --print-recipe``.
+This module imports no model code (parsing a recipe does not load transformers).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, LOC_TOKENS, STAGES, TASKS
-from pancapchain.model.tiny import TinyModelConfig
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
 PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -24,109 +27,154 @@ class ConfigError(ValueError):
     """A recipe that cannot run; the message lists every problem and how to fix it."""
 
 
+def doc(text: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
+    """A dataclass field with its documentation in ``metadata["doc"]`` (a test requires one on every field)."""
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the tiny base (used by tests and the CPU demo recipe); built by pancapchain.model.tiny."""
+
+    hidden_size: int = doc("language model width", 64)
+    intermediate_size: int = doc("language model MLP width", 128)
+    num_layers: int = doc("language model decoder layers", 2)
+    num_heads: int = doc("language model attention heads", 4)
+    num_kv_heads: int = doc("language model key/value heads (grouped-query attention)", 2)
+    vision_hidden_size: int = doc("vision tower width", 32)
+    vision_layers: int = doc("vision tower layers", 2)
+    vision_heads: int = doc("vision tower attention heads", 2)
+    image_size: int = doc("side in pixels of the square the vision tower sees", 64)
+    patch_size: int = doc("vision patch side in pixels: (image_size / patch_size)^2 image tokens", 8)
+    vocab_size: int = doc("size of the byte-level BPE trained on the training texts", 1024)
+    max_position_embeddings: int = doc("longest sequence the language model accepts", 2048)
+    vision_position_init: str = doc(
+        "initial vision position embeddings: random (CLIP's init) or sincos (2D sine-cosine of each patch's row "
+        "and column); only the start differs, both are trained. A random tower must first discover where its "
+        "patches are before any box can be learned; sincos starts from that", "random")
+    vision_feature_layer: int = doc(
+        "the tower layer the projector reads: -2 (LLaVA's penultimate layer) suits a CLIP whose last layer serves "
+        "its contrastive objective; a tower trained from scratch wastes its last layer with -2, so use -1", -2)
+    seed: int = doc("seed of the tiny base's random initialisation", 0)
+
+
 @dataclass
 class ModelSection:
-    base: str = "tiny"  # "tiny" (built from configs) or a local llava-hf checkpoint directory
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    attn_implementation: str = "auto"  # auto: flash_attention_2 when importable on CUDA, else sdpa
-    precision: str = "auto"  # auto: bf16 where supported, else fp16 on CUDA, fp32 on CPU
-    quantization: str = "none"  # "4bit": QLoRA (language model linear layers only)
-    freeze_vision_tower: bool = True
-    train_projector: bool = True
-    # Full fine-tuning of the language model (embeddings and head included) instead of LoRA: the tiny recipes'
-    # choice, since a randomly initialised base cannot learn the task through low-rank updates.
-    train_language_model: bool = False
-    gradient_checkpointing: bool = False
+    base: str = doc("'tiny' (built from model.tiny) or a local llava-hf checkpoint directory", "tiny")
+    tiny: TinyModelConfig = doc("sizes of the tiny base (used when base=tiny)", factory=TinyModelConfig)
+    attn_implementation: str = doc(
+        f"one of {ATTENTION_CHOICES}; auto: flash_attention_2 when importable on CUDA, else sdpa", "auto")
+    precision: str = doc(f"one of {PRECISION_CHOICES}; auto: bf16 where supported, else fp16 on CUDA, fp32 on CPU",
+                         "auto")
+    quantization: str = doc("none, or 4bit: QLoRA (language model linear layers only)", "none")
+    freeze_vision_tower: bool = doc("keep the vision tower's weights fixed", True)
+    train_projector: bool = doc("train the multimodal projector in full (learning rate train.projector_lr)", True)
+    train_language_model: bool = doc(
+        "full fine-tuning of the language model (embeddings and head included) instead of LoRA: the tiny "
+        "recipes' choice, since a randomly initialised base cannot learn the task through low-rank updates", False)
+    gradient_checkpointing: bool = doc("recompute activations in backward: less memory, slower steps", False)
 
 
 @dataclass
 class LoraSection:
-    enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    # Leaf names of the language model's linear layers; "all-linear" finds them all (LLaVA's choice).
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    # Extra modules trained in full and saved with the adapter (peft modules_to_save), e.g. the tiny recipe's
-    # randomly initialised [embed_tokens, lm_head]: LoRA alone cannot fix random embeddings.
-    modules_to_save: list[str] = field(default_factory=list)
+    enabled: bool = doc("train LoRA adapters on the language model (peft)", True)
+    r: int = doc("LoRA rank", 8)
+    alpha: int = doc("LoRA scaling alpha (the update is scaled by alpha / r)", 16)
+    dropout: float = doc("dropout on the LoRA input, in [0, 1)", 0.05)
+    target_modules: list[str] = doc(
+        "leaf names of the language model's linear layers; all-linear finds them all (LLaVA's choice)",
+        factory=lambda: ["all-linear"])
+    modules_to_save: list[str] = doc(
+        "extra modules trained in full and saved with the adapter (peft modules_to_save), e.g. a tiny base's "
+        "randomly initialised [embed_tokens, lm_head]: LoRA alone cannot fix random embeddings", factory=list)
 
 
 @dataclass
 class DataSection:
-    train: str = ""  # JSONL of panoptic samples
-    val: str = ""  # optional JSONL for eval loss
-    image_root: str = ""  # default: the directory of each JSONL file
-    box_format: str = "asmv2"
-    prompt_version: str = "v1"
-    # Task -> loss weight; weight 0 = not trained (keys merge with these defaults, so set 0 to drop one).
-    # Keys: the four chain stages (default 1) and the extra box tasks segcap/region (default 0, see TASKS).
-    stages: dict[str, float] = field(default_factory=lambda: {t: float(t in STAGES) for t in TASKS})
-    discover_ratio: list[float] = field(default_factory=lambda: [0.3, 0.7])
-    # Order of the items in stage 1-3 answers: caption (entity order, the paper's data) or raster (reading
-    # order: top band, then left to right), which a small model learns much faster.
-    item_order: str = "caption"
-    max_length: int = 2048
-    strict: bool = False  # fail on the first bad record instead of skipping and reporting it
-    max_val_samples: int = 0  # 0 = all
+    train: str = doc("JSONL of panoptic samples to train on", "")
+    val: str = doc("optional JSONL of panoptic samples for the eval loss", "")
+    image_root: str = doc("directory image paths are relative to; default: the directory of each JSONL", "")
+    box_format: str = doc(f"how boxes are written in prompts and answers, one of {BOX_FORMATS}", "asmv2")
+    prompt_version: str = doc("prompt set under prompts/<version>/", "v1")
+    stages: dict[str, float] = doc(
+        "task -> loss weight; 0 = not trained (keys merge with these defaults, so set 0 to drop one). Keys: the "
+        "four chain stages (default 1) and the extra box tasks segcap/region (default 0)",
+        factory=lambda: {t: float(t in STAGES) for t in TASKS})
+    discover_ratio: list[float] = doc(
+        "[low, high]: stage 3 hides a fraction f ~ U(low, high) of the entities, to be discovered",
+        factory=lambda: [0.3, 0.7])
+    item_order: str = doc(
+        "order of the items in stage 1-3 answers: caption (entity order, the paper's data) or raster (reading "
+        "order: top band, then left to right)", "caption")
+    max_length: int = doc("longest tokenized row (image tokens included); longer rows are dropped and reported",
+                          2048)
+    strict: bool = doc("fail on the first bad record instead of skipping and reporting it", False)
+    max_val_samples: int = doc("use only the first N records of data.val (0 = all)", 0)
 
 
 @dataclass
 class TrainSection:
-    output_dir: str = "runs/tiny"
-    epochs: float = 1.0
-    max_steps: int = -1
-    # Wall-clock budget in seconds of optimizer steps (0 = off): training stops when it is spent and the LR
-    # schedule (warmup, then cosine/linear decay) runs on elapsed time; epochs then only bound the data passes.
-    max_seconds: float = 0.0
-    per_device_batch_size: int = 4
-    eval_batch_size: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 2e-4
-    projector_lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
-    max_grad_norm: float = 1.0
-    logging_steps: int = 10
-    eval_steps: int = 0  # 0 = evaluate at start and end only
-    save_steps: int = 0  # 0 = save at the end of each epoch
-    save_total_limit: int = 3
-    seed: int = 42
-    group_by_length: bool = True
-    dataloader_workers: int = 0
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
-    resume: str = "auto"  # auto (latest checkpoint in output_dir if any) | never | a checkpoint path
-    deepspeed: str = ""  # DeepSpeed JSON ("auto" values filled by the Trainer); or use an accelerate config
-    nonfinite_loss: str = "stop"  # stop | skip
+    output_dir: str = doc("where checkpoints, logs, metrics.json and the final model go", "runs/tiny")
+    epochs: float = doc("passes over the training rows (an upper bound under max_steps or max_seconds)", 1.0)
+    max_steps: int = doc("optimizer steps to run; -1 = as many as the epochs give", -1)
+    max_seconds: float = doc(
+        "wall-clock budget in seconds of optimizer steps (0 = off): training stops when it is spent and the LR "
+        "schedule (warmup, then cosine/linear decay) runs on elapsed time", 0.0)
+    per_device_batch_size: int = doc("rows per micro-batch on each device", 4)
+    eval_batch_size: int = doc("rows per eval batch on each device", 8)
+    grad_accum: int = doc("micro-batches accumulated into one optimizer step", 1)
+    learning_rate: float = doc("peak learning rate (adapters / trained language model)", 2e-4)
+    projector_lr: float = doc("peak learning rate of the multimodal projector", 2e-5)
+    weight_decay: float = doc("AdamW weight decay (not on biases and norms)", 0.0)
+    warmup_ratio: float = doc("fraction of the steps (or of max_seconds) spent warming the LR up", 0.03)
+    scheduler: str = doc("transformers LR scheduler type (cosine, linear, constant, ...)", "cosine")
+    max_grad_norm: float = doc("gradient clipping norm", 1.0)
+    logging_steps: int = doc("log the losses every N optimizer steps", 10)
+    eval_steps: int = doc("eval loss every N steps; 0 = evaluate at start and end only", 0)
+    save_steps: int = doc("checkpoint every N steps; 0 = at the end of each epoch", 0)
+    save_total_limit: int = doc("checkpoints kept in output_dir (older ones are deleted)", 3)
+    seed: int = doc("seed of the model init, data order and stage-3 splits", 42)
+    group_by_length: bool = doc("batch rows of similar length together (less padding)", True)
+    dataloader_workers: int = doc("data loader worker processes (0 = in the training process)", 0)
+    report_to: list[str] = doc("logging integrations (tensorboard, wandb, ...; [] = none)",
+                               factory=lambda: ["tensorboard"])
+    resume: str = doc("auto (latest checkpoint in output_dir if any) | never | a checkpoint path", "auto")
+    deepspeed: str = doc(
+        "DeepSpeed JSON ('auto' values filled by the Trainer); or pass it through an accelerate config", "")
+    nonfinite_loss: str = doc("on a NaN/inf loss or gradient norm: stop (with the step and sample ids) or skip "
+                              "the step", "stop")
 
 
 @dataclass
 class MaskSection:
     """SGDiff-style mask head trained jointly (see docs/mask_head.md)."""
 
-    enabled: bool = False
-    backend: str = "light"  # light (MaskFormer-style, no extra weights) | sam (needs sam_path)
-    sam_path: str = ""  # local SamModel checkpoint directory for backend=sam
-    dim: int = 64  # mask embedding width (256 for real models)
-    upsample: int = 2  # x2 stages of the pixel decoder: mask side = patch grid * 2**upsample
-    box_prior: bool = True  # light head: the entity's box (from the text) as a learned +-1 prior on the logits
-    # Tasks whose answers' box groups are supervised with the entity masks (tasks not trained add nothing).
-    stages: list[str] = field(default_factory=lambda: list(TASKS))
-    bce_weight: float = 2.0
-    dice_weight: float = 0.5
-    mecl_weight: float = 0.1  # 0 turns MECL (and the word projection) off
-    tau: float = 0.07
-    tau_g: float = 0.1
+    enabled: bool = doc("attach and train the mask head", False)
+    backend: str = doc("light (MaskFormer-style, no extra weights) | sam (needs sam_path)", "light")
+    sam_path: str = doc("local SamModel checkpoint directory for backend=sam", "")
+    dim: int = doc("mask embedding width (256 for real models)", 64)
+    upsample: int = doc("x2 stages of the pixel decoder: mask side = patch grid * 2**upsample", 2)
+    box_prior: bool = doc("light head: the entity's box (from the text) as a learned +-1 prior on the logits", True)
+    stages: list[str] = doc(
+        "tasks whose answers' box groups are supervised with the entity masks (tasks not trained add nothing)",
+        factory=lambda: list(TASKS))
+    bce_weight: float = doc("weight of the sigmoid BCE mask loss", 2.0)
+    dice_weight: float = doc("weight of the Dice mask loss", 0.5)
+    mecl_weight: float = doc("weight of MECL, the mask-word contrastive loss; 0 turns it (and the word projection) "
+                             "off", 0.1)
+    tau: float = doc("MECL InfoNCE temperature", 0.07)
+    tau_g: float = doc("MECL matching-score softmax temperature (0: max matching, large: mean)", 0.1)
 
 
 @dataclass
 class RecipeConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    data: DataSection = field(default_factory=DataSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    mask: MaskSection = field(default_factory=MaskSection)
+    model: ModelSection = doc("the base model and what of it is trained", factory=ModelSection)
+    lora: LoraSection = doc("LoRA adapters (peft)", factory=LoraSection)
+    data: DataSection = doc("training data and how it becomes stage rows", factory=DataSection)
+    train: TrainSection = doc("the optimisation (transformers Trainer arguments)", factory=TrainSection)
+    mask: MaskSection = doc("the jointly trained mask head", factory=MaskSection)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -266,3 +314,37 @@ def save_recipe(cfg: RecipeConfig, path: str | Path) -> None:
     from pancapchain.data.io import atomic_write_text
 
     atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def describe_recipe(cfg: RecipeConfig) -> str:
+    """The recipe as YAML (values in JSON syntax), each key preceded by its documentation as a comment."""
+    return "\n".join(_describe(cfg, 0)) + "\n"
+
+
+def _describe(section: Any, depth: int) -> list[str]:
+    pad, lines = "  " * depth, []
+    for f in fields(section):
+        value = getattr(section, f.name)
+        lines.append(f"{pad}# {f.metadata['doc']}")
+        if is_dataclass(value):
+            lines += [f"{pad}{f.name}:", *_describe(value, depth + 1)]
+        else:
+            lines.append(f"{pad}{f.name}: {_yaml_value(value)}")
+    return lines
+
+
+def _yaml_value(value: Any) -> str:
+    """JSON syntax (valid YAML); a float keeps a decimal point, which YAML 1.1 needs to read 2e-05 as a number."""
+    import json
+
+    if isinstance(value, float) and "e" in repr(value) and "." not in repr(value):
+        return repr(value).replace("e", ".0e")
+    return json.dumps(value)
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training command line, shared by ``train.py`` and ``pancapchain train``."""
+    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
+    parser.add_argument("--print-recipe", action="store_true",
+                        help="print the merged, validated recipe with each key's documentation, then exit")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")

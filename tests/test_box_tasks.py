@@ -219,7 +219,7 @@ def test_dataset_rows_carry_segcap_masks_and_count_samples_without_an_example(tm
     image.save(tmp_path / scene.image)
     off = PanopticSample("off", scene.image, 32, 32, scene.entities[:1], caption="A thing [[0.9, 0.9, 1.0, 1.0]].")
     save_samples(tmp_path / "d.jsonl", [scene, off])
-    pairs, report = collect_stage_examples(tmp_path / "d.jsonl", None, PROMPTS, ASMV2, ("caption", "segcap", "region"),
+    pairs, report = collect_stage_examples(tmp_path / "d.jsonl", None, PROMPTS, ASMV2, stages=("caption", "segcap", "region"),
                                            mask_stages=TASKS)
     by_key = {(ex.sample_id, ex.stage): masks for ex, _, masks in pairs}
     assert set(by_key) == {(scene.id, "caption"), (scene.id, "segcap"), (scene.id, "region"), ("off", "caption"),
@@ -231,7 +231,7 @@ def test_dataset_rows_carry_segcap_masks_and_count_samples_without_an_example(tm
     assert report.kept == 2 and report.skipped == [("off/segcap", "no segcap example: no caption box matches an "
                                                                   f"entity box (IoU >= {MENTION_IOU})")]
     with pytest.raises(PromptError, match="no template"):
-        collect_stage_examples(tmp_path / "d.jsonl", None, load_prompts_without_extras(tmp_path), ASMV2, ("segcap",))
+        collect_stage_examples(tmp_path / "d.jsonl", None, load_prompts_without_extras(tmp_path), ASMV2, stages=("segcap",))
 
 
 def load_prompts_without_extras(tmp_path: Path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from pancapchain.config import TinyModelConfig
 from pancapchain.constants import IGNORE_INDEX, STAGES
-from pancapchain.model.tiny import TinyModelConfig, build_processor, build_tokenizer
+from pancapchain.model.tiny import build_processor, build_tokenizer
 from pancapchain.train.collator import PancapCollator
 
 SYSTEM = "A chat between a curious user and an artificial intelligence assistant."

@@ -27,10 +27,11 @@ from transformers import (
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from pancapchain.cli import main as cli_main
+from pancapchain.config import TinyModelConfig
 from pancapchain.model.chat import render_prompt
 from pancapchain.model.convert_llava import CONVERT_RECORD, ConvertError, add_llava_tokens, convert_llava
 from pancapchain.model.staging import OutputDirError
-from pancapchain.model.tiny import TinyModelConfig, build_processor, build_tiny_model
+from pancapchain.model.tiny import build_processor, build_tiny_model
 
 HUB_TOWER = "openai/clip-vit-large-patch14-336"
 GOLDEN_KEYS = Path(__file__).parent / "golden" / "llava_hf_keys.txt"

@@ -25,12 +25,12 @@ from conftest import tiny_overrides, write_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
-from pancapchain.config import active_stages, load_recipe
+from pancapchain.config import TinyModelConfig, active_stages, load_recipe
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport
 from pancapchain.data.prompts import load_prompts
 from pancapchain.model.checkpoint import load_checkpoint
-from pancapchain.model.tiny import TinyModelConfig, build_processor, build_tokenizer
+from pancapchain.model.tiny import build_processor, build_tokenizer
 from pancapchain.train.collator import PancapCollator
 from pancapchain.train.dataset import build_stage_dataset, collect_stage_examples, image_problem
 from pancapchain.train.trainer import token_losses
@@ -172,7 +172,8 @@ def _eval_loss_in_one_process(checkpoint: Path, eval_batch: int = 8) -> float:
     cfg = load_recipe(checkpoint / "recipe.yaml")
     prompts = load_prompts(cfg.data.prompt_version)
     pairs, report = collect_stage_examples(cfg.data.val, None, prompts, BoxCodec(cfg.data.box_format),
-                                           active_stages(cfg), tuple(cfg.data.discover_ratio), cfg.train.seed)
+                                           stages=active_stages(cfg), discover_ratio=tuple(cfg.data.discover_ratio),
+                                           seed=cfg.train.seed)
     rows = build_stage_dataset(pairs, loaded.processor, prompts.system, cfg.data.max_length, report)
     collate = PancapCollator(loaded.processor, prompts.system, cfg.data.stages)
     total, count = 0.0, 0

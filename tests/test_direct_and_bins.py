@@ -113,7 +113,8 @@ def test_raster_order_lists_items_top_band_first_then_left_to_right():
 def test_sincos_vision_positions_and_loc_tokens_in_the_tiny_base():
     import torch
 
-    from pancapchain.model.tiny import TinyModelConfig, build_tiny_model, build_tokenizer, sincos_2d
+    from pancapchain.config import TinyModelConfig
+    from pancapchain.model.tiny import build_tiny_model, build_tokenizer, sincos_2d
 
     tok = build_tokenizer(["a cat <box><loc_1><loc_2><loc_3><loc_4></box>"], 300, loc_tokens=True)
     assert all(tok.convert_tokens_to_ids(t) != tok.unk_token_id for t in LOC_TOKENS)

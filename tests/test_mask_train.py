@@ -15,6 +15,7 @@ from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
 from pancapchain.mask.attach import mask_head_of
 from pancapchain.mask.targets import loads_targets
+from pancapchain.model.states import final_norm
 from pancapchain.train.run import build_run, run_training
 
 MASK = {"mask.enabled": "true", "mask.dim": "16", "mask.upsample": "1"}
@@ -61,6 +62,7 @@ def test_batch_without_any_mask_still_trains_every_head_parameter(synth, tmp_pat
     loss.backward()
     head = mask_head_of(model)
     assert torch.isfinite(loss)
+    assert not final_norm(model)._forward_hooks  # the mask loss's hook lived for the forward only
     assert all(p.grad is not None for p in head.parameters())  # the zero-entity anchor keeps them in the graph
 
 
@@ -83,6 +85,7 @@ def test_mask_training_checkpoint_and_chain_masks(synth, tmp_path):
     caption_given = "A red circle <box>[[100, 200, 400, 600]]</box> and a sky <box>[[0, 100, 1000, 400]]</box>."
     options = GenerationOptions(max_new_tokens={"localize": 8, "label": 8, "discover": 8, "caption": 8})
     [result] = chain.run([ChainState("x", image)], options, given=[{"caption": caption_given}])
+    assert not final_norm(chain.masks.model)._forward_hooks  # inference hooks the final norm per forward, then removes it
     result = result.to_dict()
     assert len(result["entities"]) == 2 and len(result["masks"]) == 2
     assert [m["box"] for m in result["masks"]] == [e["box"] for e in result["entities"]]

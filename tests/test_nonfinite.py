@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from pancapchain.config import load_recipe
+from pancapchain.train.aux import FunctionLoss
 from pancapchain.train.run import Run, build_run
 from pancapchain.train.run import main as train_main
 from pancapchain.train.trainer import NonFiniteLossError
@@ -23,13 +24,14 @@ def _run(tmp_path, mode: str, steps: int) -> Run:
         "train.nonfinite_loss": mode})))
 
 
-class InjectAt:
+class InjectAt(FunctionLoss):
     """An auxiliary loss that is NaN on the given (1-based) optimizer steps and 0 otherwise."""
 
     def __init__(self, trainer, steps: set[int]):
+        super().__init__(self.inject)
         self.trainer, self.steps = trainer, steps
 
-    def __call__(self, outputs, batch) -> dict[str, torch.Tensor]:
+    def inject(self, outputs, batch) -> dict[str, torch.Tensor]:
         bad = self.trainer.state.global_step + 1 in self.steps
         return {"inject": torch.tensor(float("nan") if bad else 0.0)}
 
@@ -127,7 +129,7 @@ def test_nonfinite_gradient_norm_with_finite_loss_stops_before_the_update(tmp_pa
     run = _run(tmp_path, "stop", steps=2)
     lora_b = next(p for n, p in run.trainer.model.named_parameters() if "lora_B" in n)
     before = {n: p.detach().clone() for n, p in run.trainer.model.named_parameters() if p.requires_grad}
-    run.trainer.aux_losses.append(lambda outputs, batch: {"nan_grad": NanGradient.apply(lora_b)})
+    run.trainer.aux_losses.append(FunctionLoss(lambda outputs, batch: {"nan_grad": NanGradient.apply(lora_b)}))
     with pytest.raises(NonFiniteLossError, match="non-finite gradient norm nan at step 1"):
         run.trainer.train()
     after = {n: p.detach() for n, p in run.trainer.model.named_parameters() if p.requires_grad}

@@ -10,7 +10,7 @@ from conftest import tiny_overrides, write_dataset
 from transformers import LlavaForConditionalGeneration
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from pancapchain.config import load_recipe
+from pancapchain.config import TinyModelConfig, load_recipe
 from pancapchain.model.quant import (
     QuantizationError,
     bnb_4bit_config,
@@ -23,7 +23,7 @@ from pancapchain.model.quant import (
     verify_4bit_layout,
     zero_stage,
 )
-from pancapchain.model.tiny import TinyModelConfig, build_tiny_model, build_tokenizer
+from pancapchain.model.tiny import build_tiny_model, build_tokenizer
 from pancapchain.train.run import build_run
 from pancapchain.train.trainer import token_losses
 

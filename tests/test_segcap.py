@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 from PIL import Image
 
 from pancapchain.cli import main as cli_main
-from pancapchain.config import load_recipe
+from pancapchain.config import TinyModelConfig, load_recipe
 from pancapchain.constants import TASKS
 from pancapchain.data.boxes import find_box_groups
 from pancapchain.data.prompts import PromptError, PromptSet
@@ -18,7 +18,7 @@ from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import Decoded
 from pancapchain.infer.segcap import is_duplicate, jaccard, parse_box_arg, region, segcap, token_set
 from pancapchain.mask.rle import decode_rle
-from pancapchain.model.tiny import TinyModelConfig, build_processor, build_tokenizer
+from pancapchain.model.tiny import build_processor, build_tokenizer
 from pancapchain.train.collator import PancapCollator
 from pancapchain.train.run import run_training
 

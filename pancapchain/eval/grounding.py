@@ -22,9 +22,10 @@ import numpy as np
 
 from pancapchain.data.boxes import box_iou
 from pancapchain.data.caption_parser import parse_caption
+from pancapchain.data.rle import to_binary_mask
 from pancapchain.data.schema import PanopticSample
 from pancapchain.eval.embed import Embedder
-from pancapchain.eval.masks import GroundedPhrase, MaskImage, greedy_miou, soft_iou, to_binary_mask
+from pancapchain.eval.masks import GroundedPhrase, MaskImage, greedy_miou, soft_iou
 from pancapchain.eval.matching import OFFICIAL, MatchConfig, TaggedEntity, match_entities
 
 LINK_IOU = 0.5

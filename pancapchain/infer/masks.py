@@ -17,9 +17,9 @@ from pancapchain.data.boxes import BoxCodec, BoxGroup, find_box_groups
 from pancapchain.mask.head import MaskHead
 from pancapchain.mask.refine import smr_refine
 from pancapchain.mask.rle import encode_rle, logits_to_image
-from pancapchain.mask.supervision import final_norm
 from pancapchain.mask.targets import MaskTarget, box_on_square, token_positions
 from pancapchain.model.chat import completion_text, expand_image_tokens, render_prompt
+from pancapchain.model.states import FinalStates
 
 
 @dataclass
@@ -38,11 +38,7 @@ class MaskPredictor:
     def __init__(self, model, processor, head: MaskHead, system: str | None):
         self.model, self.processor, self.head, self.system = model, processor, head, system
         self.tokenizer = processor.tokenizer
-        self._states: torch.Tensor | None = None
-        final_norm(model).register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output) -> None:
-        self._states = output
+        self.final_states = FinalStates(model)  # hooked only around the teacher-forced forward below
 
     @torch.no_grad()
     def predict(
@@ -65,9 +61,10 @@ class MaskPredictor:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([prompt_ids + enc["input_ids"]], device=device)
         image = BaseModelOutputWithPooling(pooler_output=[features.pooler_output[index]])
-        self.model(input_ids=input_ids, mm_encoder_outputs={"image": image})
+        with self.final_states.capture():
+            self.model(input_ids=input_ids, mm_encoder_outputs={"image": image})
         positions = torch.tensor([len(prompt_ids) + end for end, _ in located], device=device)
-        states = self._states[0, positions]
+        states = self.final_states.take()[0, positions]
         patch = features.pooler_output[index][None]
         codec = BoxCodec("normalized")  # decode_group reads each group's own format
         boxes = torch.tensor([box_on_square(codec.decode_group(g, width, height)[0], width, height) for g in groups],

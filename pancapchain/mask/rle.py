@@ -2,7 +2,7 @@
 
 * RLE: COCO run-length encoding ``{"size": [H, W], "counts": str}`` (compressed counts as ASCII, the
   data contract's format; uncompressed ``counts`` lists are accepted on decode). Encoding/decoding is
-  delegated to :mod:`pancapchain.eval.masks` (pycocotools); this module adds torch support, batches and
+  delegated to :mod:`pancapchain.data.rle` (pycocotools); this module adds torch support, batches and
   errors that name the record.
 * Rasterisation: :func:`box_to_mask` draws a normalized xyxy box on an ``(H, W)`` grid.
 * Square frame: the mask head predicts on a square ``S x S`` grid that covers the *padded square* image
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pancapchain.data.rle import encode_rle as _encode_rle_np
+from pancapchain.data.rle import to_binary_mask
 from pancapchain.data.schema import Box, SampleError, validate_box
-from pancapchain.eval.masks import encode_rle as _encode_rle_np
-from pancapchain.eval.masks import to_binary_mask
 
 PAD_MODES = ("center", "top_left")
 

@@ -7,36 +7,32 @@ The collator adds (only for rows whose answer grounds entities that have masks):
     mask_word_pairs: (P, 2) long, (mask index, word index): word w belongs to mask m's tag (MECL positives)
     mask_boxes:     (M, 4) float, each entity's box normalized on the padded square (the head's box prior)
 
-``MaskLoss`` is a ``PancapTrainer`` auxiliary loss: it reads the language model's last hidden states (a
-forward hook on the final norm, so no extra forward and no ``output_hidden_states`` copies of every layer)
-and the projected image features (``outputs.image_hidden_states``), runs the mask head, and returns the
-weighted parts. Samples without masks contribute only the language loss.
+``MaskLoss`` is a ``PancapTrainer`` auxiliary loss (:class:`pancapchain.train.aux.AuxLoss`): it reads the
+language model's last hidden states (a forward hook on the final norm, registered only around each forward,
+so no extra forward and no ``output_hidden_states`` copies of every layer) and the projected image features
+(``outputs.image_hidden_states``), runs the mask head, and returns the weighted parts. Samples without masks
+contribute only the language loss. It also saves and restores the head with training checkpoints.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from pancapchain.config import MaskSection
+from pancapchain.mask.attach import mask_head_of, restore_head_into, save_head_from
 from pancapchain.mask.head import MaskHead
 from pancapchain.mask.losses import dice_loss, mecl_loss, pool_mask_embeddings, sigmoid_bce_loss
 from pancapchain.mask.rle import decode_rle, masks_to_square
 from pancapchain.mask.targets import box_on_square, loads_targets, token_positions
 from pancapchain.model.outputs import image_features_of
+from pancapchain.model.states import FinalStates
 
-
-def find_module(model: torch.nn.Module, kind: type) -> torch.nn.Module | None:
-    return next((m for m in model.modules() if isinstance(m, kind)), None)
-
-
-def final_norm(model: torch.nn.Module) -> torch.nn.Module:
-    """The language model's final norm (its output is what ``lm_head`` reads)."""
-    for name, module in model.named_modules():
-        if name.endswith("language_model.norm"):
-            return module
-    raise ValueError("no language_model.norm module: not a llava-hf model?")
+MASK_BATCH_KEYS = ("mask_positions", "mask_targets", "word_positions", "mask_word_pairs", "mask_boxes")
 
 
 def mask_batch(
@@ -71,26 +67,37 @@ def mask_batch(
 
 
 class MaskLoss:
-    """Auxiliary loss for ``PancapTrainer``: weighted BCE + Dice on every grounded entity, plus MECL."""
+    """Auxiliary loss for ``PancapTrainer``: weighted BCE + Dice on every grounded entity, plus MECL.
 
-    def __init__(self, model: torch.nn.Module, bce: float = 2.0, dice: float = 0.5, mecl: float = 0.1,
-                 tau: float = 0.07, tau_g: float = 0.1):
-        head = find_module(model, MaskHead)
+    Built from the recipe's ``mask`` section (weights ``bce_weight``, ``dice_weight``, ``mecl_weight``,
+    temperatures ``tau``, ``tau_g``) for a model with the head attached.
+    """
+
+    batch_keys = MASK_BATCH_KEYS
+
+    def __init__(self, model: torch.nn.Module, section: MaskSection):
+        head = mask_head_of(model)
         if head is None:
             raise ValueError("MaskLoss needs a model with a MaskHead attached (model.mask_head)")
         self.head: MaskHead = head
-        self.weights = {"bce": bce, "dice": dice, "mecl": mecl}
-        self.tau, self.tau_g = tau, tau_g
-        self._states: Tensor | None = None
-        final_norm(model).register_forward_hook(self._keep_states)
+        self.weights = {"bce": section.bce_weight, "dice": section.dice_weight, "mecl": section.mecl_weight}
+        self.tau, self.tau_g = section.tau, section.tau_g
+        self.final_states = FinalStates(model)
 
-    def _keep_states(self, module, inputs, output) -> None:
-        self._states = output
+    def capture(self) -> AbstractContextManager:
+        return self.final_states.capture()
+
+    def save(self, output_dir: str | Path, state_dict: dict | None = None) -> None:
+        save_head_from(self.head, output_dir, state_dict)
+
+    def restore(self, checkpoint_dir: str | Path) -> None:
+        restore_head_into(self.head, checkpoint_dir)
 
     def __call__(self, outputs, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        if "mask_positions" not in batch or self._states is None:
+        states = self.final_states.take()
+        if "mask_positions" not in batch or states is None:
             return {}
-        states, positions = self._states, batch["mask_positions"]
+        positions = batch["mask_positions"]
         n_rows = states.shape[0]
         image = image_features_of(outputs, n_rows)
         per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]

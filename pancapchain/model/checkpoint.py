@@ -20,6 +20,8 @@ import pancapchain
 from pancapchain.config import RecipeConfig, save_recipe
 from pancapchain.data.io import atomic_write_json
 
+CHECKPOINT_FORMAT = "pancapchain-checkpoint/1"  # meta.json "format" of a training checkpoint
+
 META_FILE = "pancap_meta.json"
 RECIPE_FILE = "recipe.yaml"
 BASE_SUBDIR = "base"
@@ -38,7 +40,7 @@ class Loaded:
 
 def checkpoint_meta(cfg: RecipeConfig, prompt_version: str, system: str | None, base_ref: str) -> dict[str, Any]:
     return {
-        "format": "pancapchain-checkpoint/1",
+        "format": CHECKPOINT_FORMAT,
         "pancapchain_version": pancapchain.__version__,
         "base_model": base_ref,
         "prompt_version": prompt_version,

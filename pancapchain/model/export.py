@@ -31,13 +31,19 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, Processor
 
 import pancapchain
 from pancapchain.data.io import atomic_write_json, atomic_write_text
-from pancapchain.model.checkpoint import META_FILE, RECIPE_FILE, CheckpointError, base_path_of, read_meta
+from pancapchain.model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    META_FILE,
+    RECIPE_FILE,
+    CheckpointError,
+    base_path_of,
+    read_meta,
+)
 from pancapchain.model.merge import ADAPTER_WEIGHT_FILES, MergeReport, merge_lora
 from pancapchain.model.model_card import CardOptions, export_card
 from pancapchain.model.staging import check_output_dir, staged_output
 
 EXPORT_FORMAT = "pancapchain-export/1"
-CHECKPOINT_FORMAT = "pancapchain-checkpoint/1"
 EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 REQUIRED_META = ("base_model", "prompt_version", "system_prompt", "box_format")
 # Files of the model itself; any other top-level <name>.safetensors is an extra trained module.

@@ -32,8 +32,9 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
     prompts = load_prompts(cfg.data.prompt_version)
     tasks = [*STAGES, DIRECT]
     triples, _report = collect_stage_examples(
-        cfg.data.train, cfg.data.image_root or None, prompts, BoxCodec(cfg.data.box_format), tasks,
-        tuple(cfg.data.discover_ratio), cfg.train.seed, cfg.data.strict, item_order=cfg.data.item_order,
+        cfg.data.train, cfg.data.image_root or None, prompts, BoxCodec(cfg.data.box_format), stages=tasks,
+        discover_ratio=tuple(cfg.data.discover_ratio), seed=cfg.train.seed, strict=cfg.data.strict,
+        item_order=cfg.data.item_order,
     )
     texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, *_ in triples]
     return texts, {ex.sample_id for ex, *_ in triples}

@@ -8,7 +8,6 @@ digits split one per token so box coordinates stay learnable. It is saved with e
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
@@ -21,6 +20,7 @@ from transformers import (
 )
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
+from pancapchain.config import TinyModelConfig
 from pancapchain.constants import BOX_CLOSE, BOX_OPEN, IMAGE_TOKEN, LOC_TOKENS
 
 # The paper's conversation format (vicuna_v1, as used by ASMv2/PancapChain):
@@ -51,32 +51,6 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
 # Box delimiters and location tokens are ordinary added tokens (not "special"), so decoding with
 # skip_special_tokens keeps them. The <loc_i> tokens are only added for the ``bins`` box format.
 TEXT_TOKENS = [BOX_OPEN, BOX_CLOSE]
-
-
-@dataclass
-class TinyModelConfig:
-    """Sizes of the tiny base (used by tests and the CPU demo recipe)."""
-
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    vision_hidden_size: int = 32
-    vision_layers: int = 2
-    vision_heads: int = 2
-    image_size: int = 64
-    patch_size: int = 8
-    vocab_size: int = 1024
-    max_position_embeddings: int = 2048
-    # Initial vision position embeddings: "random" (CLIP's init) or "sincos" (2D sine-cosine of each patch's
-    # row and column, as in MAE/ViT-2D). Only the start differs; they are trained either way. A random tower
-    # must first discover where its patches are before any box can be learned; sincos starts from that.
-    vision_position_init: str = "random"
-    # Which tower layer the projector reads. -2 (LLaVA's penultimate layer) suits a CLIP whose last layer
-    # serves its contrastive objective; a 2-layer tower trained from scratch wastes its last layer with -2.
-    vision_feature_layer: int = -2
-    seed: int = 0
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024, loc_tokens: bool = False) -> PreTrainedTokenizerFast:

@@ -53,13 +53,13 @@ def collect_stage_examples(
     image_root: str | Path | None,
     prompts: PromptSet,
     codec: BoxCodec,
+    *,
     stages: Sequence[str] = STAGES,
     discover_ratio: tuple[float, float] = (0.3, 0.7),
     seed: int = 0,
     strict: bool = False,
     max_samples: int = 0,
     mask_stages: Sequence[str] = (),
-    *,
     item_order: str = "caption",
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.

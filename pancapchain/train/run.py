@@ -7,6 +7,7 @@ writes ``metrics.json``, ``data_report.json`` and the final checkpoint into ``tr
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -20,7 +21,15 @@ import torch
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from pancapchain.config import ConfigError, RecipeConfig, active_stages, load_recipe, save_recipe
+from pancapchain.config import (
+    ConfigError,
+    RecipeConfig,
+    active_stages,
+    add_recipe_arguments,
+    describe_recipe,
+    load_recipe,
+    save_recipe,
+)
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import load_prompts
@@ -38,12 +47,10 @@ from pancapchain.train.trainer import NonFiniteLossError, PancapTrainer
 log = logging.getLogger("pancapchain.train")
 
 
-def parse_args(argv: list[str] | None) -> tuple[str, list[str]]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", required=True, help="recipe YAML (see recipes/)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
-    args = parser.parse_args(argv)
-    return args.recipe, args.overrides
+    add_recipe_arguments(parser)
+    return parser.parse_args(argv)
 
 
 def training_arguments(cfg: RecipeConfig, has_eval: bool) -> TrainingArguments:
@@ -108,12 +115,12 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
         cfg.data.image_root or None,
         prompts,
         codec,
-        active_stages(cfg),
-        tuple(cfg.data.discover_ratio),
-        cfg.train.seed,
-        cfg.data.strict,
-        max_samples,
-        list(cfg.mask.stages) if cfg.mask.enabled else (),
+        stages=active_stages(cfg),
+        discover_ratio=tuple(cfg.data.discover_ratio),
+        seed=cfg.train.seed,
+        strict=cfg.data.strict,
+        max_samples=max_samples,
+        mask_stages=list(cfg.mask.stages) if cfg.mask.enabled else (),
         item_order=cfg.data.item_order,
     )
 
@@ -175,7 +182,7 @@ def build_run(cfg: RecipeConfig) -> Run:
         projector_param_names=projector_parameter_names(model),
         nonfinite_loss=cfg.train.nonfinite_loss,
         checkpoint_writer=writer,
-        aux_losses=[_mask_loss(model, cfg)] if head else [],
+        aux_losses=[MaskLoss(model, cfg.mask)] if head else [],
         time_budget=_time_budget(cfg),
     )
     return Run(cfg, trainer, processor, train_ds, val_ds, reports)
@@ -187,11 +194,6 @@ def _time_budget(cfg: RecipeConfig) -> WallClockBudget | None:
         return None
     log.info("wall-clock budget: %.0f s of training (time-based %s schedule)", t.max_seconds, t.scheduler)
     return WallClockBudget(t.max_seconds, t.warmup_ratio, t.scheduler)
-
-
-def _mask_loss(model, cfg: RecipeConfig) -> MaskLoss:
-    m = cfg.mask
-    return MaskLoss(model, m.bce_weight, m.dice_weight, m.mecl_weight, m.tau, m.tau_g)
 
 
 def run_training(cfg: RecipeConfig) -> dict:
@@ -251,14 +253,21 @@ def main(argv: list[str] | None = None, prog: str = "train.py", debug: bool = Fa
     """Parse, pre-flight, train; user errors and Ctrl-C follow :mod:`pancapchain.errors` (exit 2 / 130)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv, debug_flag = debug_requested(list(sys.argv[1:] if argv is None else argv))
-    recipe, overrides = parse_args(argv)
-    return run_guarded(lambda: _train(recipe, overrides), prog, debug or debug_flag)
+    return run_parsed(parse_args(argv), prog, debug or debug_flag)
 
 
-def _train(recipe: str, overrides: list[str]) -> int:
+def run_parsed(args: argparse.Namespace, prog: str, debug: bool) -> int:
+    """Run the command line of :func:`pancapchain.config.add_recipe_arguments` (train.py and pancapchain train)."""
+    return run_guarded(lambda: _train(args.recipe, args.overrides, args.print_recipe), prog, debug)
+
+
+def _train(recipe: str, overrides: list[str], print_only: bool = False) -> int:
     from pancapchain.cli import preflight
 
     cfg = load_recipe(preflight.recipe_file(recipe), overrides)
+    if print_only:
+        print(describe_recipe(cfg), end="")
+        return 0
     preflight.training_paths(cfg)
     try:
         metrics = run_training(cfg)

@@ -2,8 +2,10 @@
 
 What it adds to the Trainer (resume, logging, accumulation, mixed precision, ZeRO-aware saving come with it):
 - the loss: token-level cross-entropy weighted per stage, normalised over the whole accumulated batch;
-  auxiliary losses (e.g. a mask head) plug in through ``aux_losses`` without touching this file;
-- per-task losses in the logs (``loss_localize`` ... ``loss_segcap``, ``loss_region``, and ``eval_loss_...``);
+  auxiliary losses (e.g. a mask head) plug in through ``aux_losses`` (the :class:`AuxLoss` protocol: batch keys,
+  a context around the forward, extra checkpoint state), so this file knows nothing about masks;
+- per-task losses in the logs (``loss_localize`` ... ``loss_segcap``, ``loss_region``, and ``eval_loss_...``),
+  summed over every rank before the division (so the logged value is the global one, not rank 0's);
 - a separate learning rate for the multimodal projector;
 - a non-finite guard on the loss and the gradient norm (stop with the step and sample ids, or skip the step:
   its gradients are dropped so the optimizer leaves every weight and moment untouched);
@@ -13,6 +15,7 @@ What it adds to the Trainer (resume, logging, accumulation, mixed precision, ZeR
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +23,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
 from pancapchain.constants import IGNORE_INDEX, TASKS
-from pancapchain.mask.attach import restore_head_into, save_head_from
+from pancapchain.train.aux import AuxLoss
 from pancapchain.train.budget import WallClockBudget
-
-# An auxiliary loss gets (model outputs, batch) and returns {"name": scalar tensor}; the sum joins the LM loss.
-AuxLoss = Callable[[object, dict], dict[str, torch.Tensor]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -80,7 +80,7 @@ class PancapTrainer(Trainer):
         self.loss_is_scaled_for_ga = True  # compute_loss normalises over the accumulated batch itself
         self._stage_sums = {True: torch.zeros(len(TASKS)), False: torch.zeros(len(TASKS))}  # index: stage_ids
         self._stage_counts = {True: torch.zeros(len(TASKS)), False: torch.zeros(len(TASKS))}
-        self._aux_logs: dict[str, list[float]] = {}
+        self._aux_logs: dict[str, list[float]] = {}  # name -> [sum, count] of this rank's micro-batch values
         if nonfinite_loss == "skip" and self.is_deepspeed_enabled:
             raise ValueError(
                 "train.nonfinite_loss=skip is not supported under DeepSpeed (its engine steps the optimizer inside "
@@ -94,8 +94,11 @@ class PancapTrainer(Trainer):
         weights = inputs.pop("loss_weights")
         sample_ids = inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
-        extras = {k: inputs.pop(k) for k in list(inputs) if k.startswith("mask_") or k == "word_positions"}
-        outputs = model(**inputs)
+        extras = {k: inputs.pop(k) for aux in self.aux_losses for k in aux.batch_keys if k in inputs}
+        with ExitStack() as hooks:
+            for aux in self.aux_losses:
+                hooks.enter_context(aux.capture())
+            outputs = model(**inputs)
         losses, mask = token_losses(outputs.logits, labels)
         weighted = (losses * weights[:, None].to(losses.dtype) * mask).sum()
         if num_items_in_batch is not None:
@@ -112,7 +115,9 @@ class PancapTrainer(Trainer):
         for aux in self.aux_losses:
             for name, value in aux(outputs, batch).items():
                 loss = loss + aux_scale * value
-                self._aux_logs.setdefault(name, []).append(float(value.detach()))
+                entry = self._aux_logs.setdefault(name, [0.0, 0])
+                entry[0] += float(value.detach())
+                entry[1] += 1
         self._record_stages(losses.detach(), mask, stage_ids, model.training)
         if model.training:  # eval reports a non-finite loss as it is
             self._window_ids.extend(sample_ids or [])
@@ -168,19 +173,31 @@ class PancapTrainer(Trainer):
         training = "loss" in logs
         if training or "eval_loss" in logs:
             prefix = "loss_" if training else "eval_loss_"
-            sums, counts = self._stage_sums[training], self._stage_counts[training]
+            sums, counts = self._global_sums(self._stage_sums[training], self._stage_counts[training])
             for i, stage in enumerate(TASKS):
                 if counts[i] > 0:
                     logs[prefix + stage] = round(float(sums[i] / counts[i]), 4)
-            sums.zero_()
-            counts.zero_()
+            self._stage_sums[training].zero_()
+            self._stage_counts[training].zero_()
         if training:
-            for name, values in self._aux_logs.items():
-                logs[name] = round(sum(values) / len(values), 4)
+            names = sorted(self._aux_logs)  # every rank reports the same names: they follow the recipe, not the data
+            values = torch.tensor([self._aux_logs[n][0] for n in names], dtype=torch.float64)
+            seen = torch.tensor([self._aux_logs[n][1] for n in names], dtype=torch.float64)
+            values, seen = self._global_sums(values, seen)
+            for i, name in enumerate(names):
+                logs[name] = round(float(values[i] / seen[i]), 4)
             self._aux_logs.clear()
             if self.skipped_total:
                 logs["nonfinite_skipped_steps"] = self.skipped_total
         super().log(logs, start_time)
+
+    def _global_sums(self, sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sums, counts) added over all ranks (``log`` runs on every rank); a single process returns them as is."""
+        if self.accelerator.num_processes <= 1 or sums.numel() == 0:
+            return sums, counts
+        both = torch.stack([sums, counts]).to(self.args.device)
+        both = self.accelerator.reduce(both, reduction="sum").cpu()
+        return both[0], both[1]
 
     # ----------------------------------------------------------------------------------- optimizer
     def create_scheduler(self, num_training_steps: int, optimizer=None):
@@ -212,9 +229,10 @@ class PancapTrainer(Trainer):
 
     # -------------------------------------------------------------------------------------- saving
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        """The Trainer restores the adapter; the mask head (not a peft module) is restored here."""
+        """The Trainer restores the adapter; each auxiliary loss restores its own extra state."""
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        restore_head_into(model or self.model, resume_from_checkpoint)
+        for aux in self.aux_losses:
+            aux.restore(resume_from_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
@@ -225,6 +243,7 @@ class PancapTrainer(Trainer):
         if bad:
             raise NonFiniteLossError(f"refusing to save non-finite weights ({len(bad)} tensors, e.g. {bad[:3]})")
         super()._save(output_dir, state_dict=state_dict)
-        save_head_from(self.model, output_dir, state_dict)
+        for aux in self.aux_losses:
+            aux.save(output_dir, state_dict)
         if self.checkpoint_writer is not None and self.args.should_save:  # one writer under multi-process
             self.checkpoint_writer(output_dir)

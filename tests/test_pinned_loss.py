@@ -34,6 +34,9 @@ OVERRIDES = {
     "train.resume": "never",
     "train.save_steps": "1000",
     "data.max_length": "512",
+    # the recipe's settings when the values were recorded (its later tuning must not move the pin)
+    "model.tiny.vision_feature_layer": "-2",
+    "model.freeze_vision_tower": "false",
 }
 
 

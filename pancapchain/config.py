@@ -237,9 +237,13 @@ def validate(cfg: RecipeConfig) -> None:
     problems += prompt_problems(d.prompt_version, [t for t in EXTRA_TASKS if d.stages.get(t, 0.0) > 0])
     if any(w < 0 for w in d.stages.values()) or not any(w > 0 for w in d.stages.values()):
         problems.append("data.stages weights must be >= 0 with at least one stage > 0")
-    lo_r, hi_r = (d.discover_ratio + [0, 0])[:2]
-    if len(d.discover_ratio) != 2 or not 0.0 <= lo_r <= hi_r <= 1.0:
-        problems.append("data.discover_ratio must be [low, high] with 0 <= low <= high <= 1")
+    from pancapchain.data.stages import (
+        discover_ratio_problem,  # the one rule; imported late: data depends on config
+    )
+
+    ratio_problem = discover_ratio_problem(d.discover_ratio)
+    if ratio_problem:
+        problems.append(f"data.{ratio_problem}")
     if d.max_length <= 0:
         problems.append("data.max_length must be positive")
     if t.per_device_batch_size <= 0 or t.grad_accum <= 0:

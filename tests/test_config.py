@@ -49,3 +49,13 @@ def test_all_problems_are_listed_at_once():
 def test_stage_weights_select_stages():
     cfg = load_recipe(None, ["data.stages={localize: 0.0, label: 2.0, discover: 0, caption: 1.0}"])
     assert active_stages(cfg) == ["label", "caption"]
+
+
+def test_discover_ratio_has_one_rule_for_the_recipe_and_the_stage_builder():
+    from pancapchain.data.stages import discover_ratio_problem
+
+    assert discover_ratio_problem((0.3, 0.7)) is None and discover_ratio_problem([0.0, 0.0]) is None
+    for bad in ((0.8, 0.2), (0.1,), (-0.1, 0.5), ("a", 1)):
+        assert "discover_ratio must be [low, high]" in discover_ratio_problem(bad)
+    with pytest.raises(ConfigError, match=r"data.discover_ratio must be \[low, high\]"):
+        load_recipe(None, ["data.discover_ratio=[0.8,0.2]"])

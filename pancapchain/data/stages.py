@@ -96,6 +96,14 @@ def raster_order(items: Sequence[StageItem]) -> list[StageItem]:
     return sorted(items, key=key)
 
 
+def discover_ratio_problem(ratio) -> str | None:
+    """The one rule for ``data.discover_ratio`` (used by the recipe check and here): [low, high] in [0, 1]."""
+    values = list(ratio) if isinstance(ratio, (list, tuple)) else []
+    if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or not 0.0 <= values[0] <= values[1] <= 1.0:
+        return f"discover_ratio must be [low, high] with 0 <= low <= high <= 1, got {ratio}"
+    return None
+
+
 def discover_split(sample_id: str, n: int, ratio: tuple[float, float], seed: int) -> list[bool]:
     """Per entity, True if it is *missing* in the stage-3 example (deterministic in (seed, sample_id))."""
     digest = hashlib.sha256(f"{seed}\x00{sample_id}".encode()).digest()
@@ -128,9 +136,10 @@ def build_stage_examples(
     unknown = [s for s in stages if s not in TASKS]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; tasks are {TASKS}")
+    problem = discover_ratio_problem(discover_ratio)
+    if problem:
+        raise ValueError(problem)
     lo, hi = discover_ratio
-    if not 0.0 <= lo <= hi <= 1.0:
-        raise ValueError(f"discover_ratio must satisfy 0 <= low <= high <= 1, got {discover_ratio}")
     if item_order not in ITEM_ORDERS:
         raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
     items = _unique(entity_items(sample), codec, sample.width, sample.height)

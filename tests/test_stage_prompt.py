@@ -82,7 +82,7 @@ def test_dataset_length_is_the_collators_input_length(tmp_path: Path):
                                 TinyModelConfig(image_size=32, patch_size=8))
     system = PROMPTS.system
     pairs, report = collect_stage_examples(root / "train.jsonl", None, PROMPTS, BoxCodec("asmv2"),
-                                           (*STAGES, DIRECT), (0.3, 0.7))
+                                           stages=(*STAGES, DIRECT), discover_ratio=(0.3, 0.7))
     dataset = build_stage_dataset(pairs, processor, system, max_length=100_000, report=report)
     rows = list(dataset)
     assert len(rows) == 3 * 5

@@ -44,7 +44,10 @@ def differences(lock: Path) -> list[str]:
 
 
 def main() -> int:
-    lock = Path(sys.argv[1])
+    lock = Path(sys.argv[1] if len(sys.argv) > 1 else "requirements-cpu.lock")
+    if not lock.is_file():
+        print(f"check_lock.py: error: {lock}: no such lock file", file=sys.stderr)
+        return 2
     problems = differences(lock)
     if problems:
         print(f"the environment differs from {lock}:\n  " + "\n  ".join(problems), file=sys.stderr)

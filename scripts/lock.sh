@@ -20,4 +20,7 @@ echo "torch==${TORCH_VERSION}+cpu" > "$tmp/cpu.txt"
 echo "torch==${TORCH_VERSION}" > "$tmp/gpu.txt"
 "$UV" pip compile pyproject.toml --extra dev --extra demo --extra gpu -c "$tmp/gpu.txt" \
   "${common[@]}" -o requirements-gpu.lock
+# uv annotates the torch pin with the constraint file's path; name it stably so a re-run with nothing moved
+# rewrites the locks byte for byte
+sed -i "s#-c $tmp/#-c scripts/lock.sh:#" requirements-cpu.lock requirements-gpu.lock
 echo "wrote requirements-cpu.lock ($(grep -c '==' requirements-cpu.lock) pins), requirements-gpu.lock ($(grep -c '==' requirements-gpu.lock) pins)"

@@ -21,6 +21,17 @@ from pancapchain.cli.preflight import safetensors_problem
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _endless_run(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """(output dir, recipe, overrides) of a tiny run that only Ctrl-C ends (checkpoint every 2 steps)."""
+    train = write_dataset(tmp_path / "data", n=4)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {base: tiny}\n")
+    out = tmp_path / "run"
+    overrides = tiny_overrides(train, out, **{"train.max_steps": "100000", "train.save_steps": "2",
+                                              "train.per_device_batch_size": "1"})
+    return out, recipe, overrides
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> bool:
     deadline = time.time() + seconds
     while time.time() < deadline and proc.poll() is None:
@@ -32,12 +43,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> bool:
 
 @pytest.mark.timeout(2400)
 def test_ctrl_c_stops_at_a_step_with_a_complete_checkpoint_and_the_rerun_resumes(tmp_path):
-    train = write_dataset(tmp_path / "data", n=4)
-    out = tmp_path / "run"
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("model: {base: tiny}\n")
-    overrides = tiny_overrides(train, out, **{"train.max_steps": "100000", "train.save_steps": "2",
-                                              "train.per_device_batch_size": "1"})
+    out, recipe, overrides = _endless_run(tmp_path)
     cmd = [sys.executable, str(REPO / "train.py"), "--recipe", str(recipe), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -93,12 +99,7 @@ def _stop_launch(proc: subprocess.Popen) -> None:
 def test_ctrl_c_under_a_two_process_launch_stops_every_rank_after_the_same_step(tmp_path):
     """``accelerate launch`` runs torch's elastic launcher in-process; a terminal's Ctrl-C reaches the launcher,
     which sends SIGINT to each rank. The ranks agree on one step, save one complete checkpoint and exit 130."""
-    train = write_dataset(tmp_path / "data", n=4)
-    out = tmp_path / "run"
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("model: {base: tiny}\n")
-    overrides = tiny_overrides(train, out, **{"train.max_steps": "100000", "train.save_steps": "2",
-                                              "train.per_device_batch_size": "1"})
+    out, recipe, overrides = _endless_run(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(REPO / "train.py"), "--recipe", str(recipe), *overrides]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}

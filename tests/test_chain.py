@@ -19,7 +19,8 @@ from pancapchain.data.prediction import Prediction
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
 
-OPTS = GenerationOptions(max_new_tokens={"localize": 12, "label": 12, "discover": 12, "caption": 16})
+# plain greedy decoding (no caption loop steering), the decoding of the paper's re-encoding reference
+OPTS = GenerationOptions(max_new_tokens={"localize": 12, "label": 12, "discover": 12, "caption": 16}, no_repeat_ngram=0)
 GIVEN_BOXES = "<box>[[100, 200, 500, 500]]</box>, <box>[[550, 300, 900, 800]]</box>"  # inside every test image
 
 

@@ -169,6 +169,7 @@ def test_two_processes_write_the_same_jsonl_as_one(case, tmp_path):
     assert "written 6, skipped 0, processes 2" in log.read_text()
     summary = json.loads((tmp_path / "preds.summary.json").read_text())
     assert (summary["images_total"], summary["written"], summary["processes"]) == (6, 6, 2)
+    assert summary["plan"] == "chain" and summary["options"]["max_new_tokens"]["caption"] == 8  # the settings used
 
 
 @pytest.mark.timeout(2 * LAUNCH_TIMEOUT + 60)

@@ -1,10 +1,11 @@
-"""The loop guard of generation: repeated items / n-grams stop a row, everything else runs on."""
+"""The loop guards of generation: repeated items / n-grams stop a row (RepeatStop) or are steered away from
+(NoRepeatText); everything else runs on."""
 
 from __future__ import annotations
 
 import torch
 
-from pancapchain.infer.repeats import RepeatStop
+from pancapchain.infer.repeats import NoRepeatText, RepeatStop
 
 CLOSE, SEP = 9, 7  # "</box>" and ", " token ids of this fake vocabulary
 
@@ -38,3 +39,37 @@ def test_caption_stops_on_a_repeated_ngram_not_on_a_repeated_word():
     flags = feed(guard, [looping, varied])
     assert [f[0] for f in flags].index(True) == len(looping) - 1  # the first position where 10 tokens repeat
     assert not any(f[1] for f in flags)
+
+
+BOX = {50, 51, 52}  # box-open, box-close and one location token of this fake vocabulary
+
+
+def banned(answer: list[int], prompt: list[int] | None = None, ngram: int = 3) -> set[int]:
+    """The ids NoRepeatText forbids next after ``prompt`` + ``answer`` (one row, vocabulary of 60)."""
+    prompt = prompt or [1, 2]
+    proc = NoRepeatText(len(prompt), ngram, BOX)
+    scores = proc(torch.tensor([prompt + answer]), torch.zeros(1, 60))
+    return set(torch.nonzero(torch.isinf(scores[0])).flatten().tolist())
+
+
+def test_the_token_that_would_repeat_a_run_of_the_answer_is_forbidden():
+    assert banned([20, 21, 22, 30, 20, 21]) == {22}  # "20 21 22" again
+    assert banned([20, 21, 22, 20, 21, 23, 20, 21]) == {22, 23}  # every earlier continuation of "20 21"
+    assert banned([20, 21, 22, 30, 31]) == set()  # nothing repeats yet
+    assert banned([20, 21, 22, 30, 20, 21], ngram=4) == set()  # "30 20 21" never occurred before
+
+
+def test_the_prompt_and_box_tokens_are_not_counted():
+    assert banned([20, 21], prompt=[20, 21, 22]) == set()  # copying the prompt stays possible
+    assert banned([50, 52, 22, 50, 52]) == set()  # a run inside box tokens: the box constraint's business
+    assert banned([20, 21, 52, 30, 20, 21]) == set()  # the run's continuation is a box token
+
+
+def test_a_run_length_of_one_is_refused():
+    import pytest
+
+    from pancapchain.infer.generation import GenerationOptions
+
+    assert GenerationOptions().no_repeat_ngram == 8
+    with pytest.raises(ValueError, match="no_repeat_ngram=1"):
+        GenerationOptions(no_repeat_ngram=1)

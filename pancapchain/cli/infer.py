@@ -21,6 +21,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-boxes", action="store_true",
                         help="let the label and caption stages write boxes their prompt does not give "
                              "(default: only the given ones; location-token box format)")
+    parser.add_argument("--no-repeat-ngram", type=int, default=8,
+                        help="captions: forbid the token that would repeat a run of N tokens of the same answer, "
+                             "so a loop goes on with new text instead of ending the caption (0: off)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -32,6 +35,9 @@ def check_generation_args(args: argparse.Namespace) -> None:
     preflight.in_range(args.temperature, 1e-6, 100.0, "--temperature")
     preflight.in_range(args.top_p, 1e-6, 1.0, "--top-p")
     preflight.at_least(args.seed, 0, "--seed")
+    if args.no_repeat_ngram == 1:
+        raise SystemExit("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
+    preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
 
 
 def generation_options(args: argparse.Namespace):
@@ -41,7 +47,8 @@ def generation_options(args: argparse.Namespace):
               else dict(DEFAULT_MAX_NEW_TOKENS))
     return GenerationOptions(budget, args.sample, args.temperature, args.top_p, args.seed, args.stop_after,
                              stop_on_repeat=not getattr(args, "no_repeat_stop", False),
-                             given_boxes=not getattr(args, "free_boxes", False))
+                             given_boxes=not getattr(args, "free_boxes", False),
+                             no_repeat_ngram=getattr(args, "no_repeat_ngram", 8))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

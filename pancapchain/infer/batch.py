@@ -10,7 +10,7 @@ Resume touches only files pancapchain wrote (see :mod:`pancapchain.infer.resume`
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -99,6 +99,8 @@ def run_inference(
     if summaries is None:
         return None
     summary = merge_summaries(summaries, len(items))
+    summary["plan"] = plan
+    summary["options"] = asdict(options or GenerationOptions())  # the decoding settings, next to the outputs
     atomic_write_json(out.with_suffix(".summary.json"), summary)
     return summary
 

@@ -150,6 +150,7 @@ class PancapChain:
         texts = self.generator.generate(
             prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard,
             given_boxes=given,
+            no_repeat_ngram=options.no_repeat_ngram if output_slot(stage) == "caption" else 0,
             seed=options.seed,
         )
         for state, prompt, decoded in zip(states, prompts, texts):

@@ -16,9 +16,9 @@ from PIL import Image
 from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from pancapchain.constants import BOX_CLOSE, DIRECT, STAGES
+from pancapchain.constants import BOX_CLOSE, BOX_OPEN, DIRECT, LOC_TOKENS, STAGES
 from pancapchain.infer.given_boxes import GivenBoxes
-from pancapchain.infer.repeats import RepeatStop
+from pancapchain.infer.repeats import NoRepeatText, RepeatStop
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
 
@@ -40,10 +40,16 @@ class GenerationOptions:
     # label and caption answers may only write boxes their prompt gives (pancapchain.infer.given_boxes;
     # location-token format only)
     given_boxes: bool = True
+    # captions: a token that would repeat a run of this many tokens of the same answer is forbidden, so a
+    # looping caption goes on with new text instead of being ended by the repeat guard (0: off;
+    # pancapchain.infer.repeats.NoRepeatText; measured in docs/learning_quality.md)
+    no_repeat_ngram: int = 8
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise ValueError(f"stop_after={self.stop_after!r}: choose one of {STAGES}")
+        if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
+            raise ValueError(f"no_repeat_ngram={self.no_repeat_ngram}: 0 (off) or a run length >= 2")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")
@@ -110,17 +116,25 @@ class Generator:
         generate_kwargs: dict,
         repeat_guard: str | None = None,
         given_boxes: bool = False,
+        no_repeat_ngram: int = 0,
         *,
         seed: int = 0,
     ) -> list[Decoded]:
         """Decode one answer per prompt. ``repeat_guard``: "items" (item lists) or "text" (captions) stops a
         row that starts to loop (see pancapchain.infer.repeats); None decodes to EOS or max_new_tokens.
         ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes).
+        ``no_repeat_ngram`` > 0: no answer repeats a text run of that many tokens (repeats.NoRepeatText).
 
         Sampling (``do_sample``) draws from torch's RNG seeded with ``seed`` for this call only: the caller's
         RNG state is restored afterwards, so one call's seed never leaks into another's."""
         input_ids, attention_mask = self.tokenize(prompts, sizes, system)
-        processor = GivenBoxes.from_prompts(input_ids, self.tokenizer) if given_boxes else None
+        processors = LogitsProcessorList()
+        if no_repeat_ngram:
+            box_ids = set(self.tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE, *LOC_TOKENS]))
+            processors.append(NoRepeatText(input_ids.shape[1], no_repeat_ngram, box_ids))
+        given = GivenBoxes.from_prompts(input_ids, self.tokenizer) if given_boxes else None
+        if given is not None:
+            processors.append(given)
         guard = self._repeat_stop(input_ids.shape[1], repeat_guard)
         with self._seeded(seed if generate_kwargs.get("do_sample") else None):
             out = self.model.generate(
@@ -130,7 +144,7 @@ class Generator:
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
                 stopping_criteria=[guard] if guard else None,
-                logits_processor=LogitsProcessorList([processor]) if processor else None,
+                logits_processor=processors or None,
                 **generate_kwargs,
             )
         new_tokens = out[:, input_ids.shape[1] :]

@@ -13,7 +13,7 @@ A row stopped this way is reported as ``repeat_stopped``, not as cut at max toke
 from __future__ import annotations
 
 import torch
-from transformers import StoppingCriteria
+from transformers import LogitsProcessor, StoppingCriteria
 
 
 class RepeatStop(StoppingCriteria):
@@ -57,3 +57,25 @@ class RepeatStop(StoppingCriteria):
             return True
         seen.add(tail)
         return False
+
+
+class NoRepeatText(LogitsProcessor):
+    """Steers a caption out of a loop instead of ending it: the token that would complete an ``ngram``-token
+    run already written in the same answer is forbidden (transformers' ``no_repeat_ngram_size`` also counts
+    the prompt, which would forbid copying the given tags). Runs that include box tokens are left alone:
+    two mentions of one box are the box constraint's business. Scores are (batch, vocab)."""
+
+    def __init__(self, prompt_len: int, ngram: int, box_ids: set[int]):
+        self.prompt_len, self.ngram, self.box_ids = prompt_len, ngram, box_ids
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
+            prefix = tuple(ids[len(ids) - self.ngram + 1 :]) if len(ids) >= self.ngram else None
+            if not prefix or self.box_ids.intersection(prefix):
+                continue
+            banned = {ids[i + len(prefix)] for i in range(len(ids) - len(prefix))
+                      if tuple(ids[i : i + len(prefix)]) == prefix}
+            banned -= self.box_ids
+            if banned:
+                scores[row, sorted(banned)] = float("-inf")
+        return scores

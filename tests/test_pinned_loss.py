@@ -37,6 +37,8 @@ OVERRIDES = {
     # the recipe's settings when the values were recorded (its later tuning must not move the pin)
     "model.tiny.vision_feature_layer": "-2",
     "model.freeze_vision_tower": "false",
+    "train.learning_rate": "2.0e-3",
+    "train.projector_lr": "2.0e-3",
 }
 
 

@@ -8,6 +8,9 @@ wasted and the answer ends up cut. Two rules, checked per row after each token:
 * captions: the last ``ngram`` tokens already occurred as one run earlier in the answer.
 
 A row stopped this way is reported as ``repeat_stopped``, not as cut at max tokens.
+
+Captions are first steered away from loops (``NoRepeatText``, a logits processor): ending a caption at its
+first loop lost every entity after it, so the stop above is only the last resort there.
 """
 
 from __future__ import annotations

@@ -75,3 +75,40 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     assert load_recipe("recipes/tiny_chain.yaml", [f"model.base={out}", f"data.train={train}"]).model.base == str(out)
     with pytest.raises(ConfigError, match="needs <loc_i> tokens"):
         load_recipe("recipes/tiny_chain.yaml", [f"model.base={tmp_path / 'data'}", f"data.train={train}"])
+
+
+def test_bins_box_loss_prefers_the_true_bin_and_reports_the_expected_position():
+    from pancapchain.model.vision_pretrain import box_loss
+
+    target = torch.tensor([[[0.25, 0.5, 0.75, 1.0]]])  # (B=1, P=1, 4) on the padded square
+    k = 33
+    bins = (target * (k - 1)).round().long()  # 8, 16, 24, 32
+    sharp = torch.full((1, 1, 4, k), -20.0).scatter(-1, bins[..., None], 20.0)
+    off_by_one = torch.full((1, 1, 4, k), -20.0).scatter(-1, (bins - 1)[..., None], 20.0)
+    far = torch.full((1, 1, 4, k), -20.0).scatter(-1, torch.zeros_like(bins)[..., None], 20.0)
+    losses = [box_loss(p, target)[0].item() for p in (sharp, off_by_one, far)]
+    assert losses[0] < losses[1] < losses[2]
+    assert box_loss(sharp, target)[1].item() == pytest.approx(0.0, abs=1e-6)
+    assert box_loss(far, target)[1].item() == pytest.approx(2.5, abs=1e-6)  # expected position 0 everywhere
+    regression = box_loss(torch.tensor([[[0.2, 0.5, 0.75, 1.0]]]), target)
+    assert regression[1].item() == pytest.approx(0.05) and regression[0].item() == pytest.approx(0.25)
+
+
+def test_dense_head_shapes_per_box_head():
+    from pancapchain.model.vision_pretrain import DenseHead
+
+    features = torch.randn(2, 16, 8)
+    logits, boxes = DenseHead(8, 5, box_bins=33)(features)
+    assert logits.shape == (2, 16, 5) and boxes.shape == (2, 16, 4, 33)
+    _, regressed = DenseHead(8, 5)(features)
+    assert regressed.shape == (2, 16, 4) and bool(((regressed > 0) & (regressed < 1)).all())
+
+
+def test_an_unknown_box_head_is_refused_before_any_work(tmp_path):
+    from pancapchain.errors import UserError
+    from pancapchain.model.pretrain_tiny import pretrain_tiny
+
+    cfg = load_recipe("recipes/tiny_chain.yaml", [f"data.train={tmp_path / 'missing.jsonl'}"])
+    with pytest.raises(UserError, match="box head must be one of"):
+        pretrain_tiny(cfg, tmp_path / "base", 1.0, box_head="boxes")
+    assert not (tmp_path / "base").exists()

@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="pretraining wall-clock budget (default 60)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    parser.add_argument("--box-head", choices=("bins", "l1"), default="bins",
+                        help="owner-box target per patch: bins = one class per location-token position for each "
+                             "coordinate (default), l1 = regression")
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides, e.g. data.train=...")
     parser.set_defaults(func=run)
 
@@ -35,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     preflight.output_dir(args.out, "--out")
     from pancapchain.model.pretrain_tiny import pretrain_tiny
 
-    report = pretrain_tiny(cfg, args.out, args.seconds, lr=args.lr, batch_size=args.batch_size)
+    report = pretrain_tiny(cfg, args.out, args.seconds, lr=args.lr, batch_size=args.batch_size,
+                          box_head=args.box_head)
     print(
         f"pretrained the tiny vision tower: {report['steps']} steps in {report['seconds']} s on "
         f"{report['images']} images (patch tag accuracy {report['class_acc']:.3f}, owner-box L1 "

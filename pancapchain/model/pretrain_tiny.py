@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from pancapchain.config import RecipeConfig
-from pancapchain.constants import DIRECT, STAGES
+from pancapchain.constants import DIRECT, LOC_BINS, STAGES
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import atomic_write_json, load_samples
 from pancapchain.data.prompts import load_prompts
@@ -22,6 +22,7 @@ from pancapchain.errors import UserError
 
 log = logging.getLogger(__name__)
 PRETRAIN_FILE = "pretrain_tiny.json"
+BOX_HEADS = ("bins", "l1")
 
 
 def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
@@ -40,14 +41,21 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
     return texts, {ex.sample_id for ex, *_ in triples}
 
 
-def pretrain_tiny(cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64) -> dict:
+def pretrain_tiny(
+    cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64, box_head: str = "bins"
+) -> dict:
     """Build the recipe's tiny base, pretrain its tower for ``seconds`` on ``data.train``, save it to ``out``.
+
+    ``box_head``: "bins" classifies each owner-box coordinate into the LOC_BINS + 1 positions of the location
+    tokens, "l1" regresses it (:class:`pancapchain.model.vision_pretrain.DenseHead`).
 
     Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
     """
     from pancapchain.model.build import load_base
     from pancapchain.model.vision_pretrain import build_targets, load_pixels, pretrain_vision, tag_vocabulary
 
+    if box_head not in BOX_HEADS:
+        raise UserError(f"pretrain-tiny: box head must be one of {BOX_HEADS}, not {box_head!r}")
     if cfg.model.base != "tiny":
         raise UserError(f"pretrain-tiny builds the tiny base: the recipe's model.base is {cfg.model.base!r}, "
                         "not 'tiny'")
@@ -64,14 +72,14 @@ def pretrain_tiny(cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3
     targets = build_targets(samples, grid, vocab)
     prepared = time.monotonic() - started
     stats = pretrain_vision(model, pixels, targets, seconds=seconds, lr=lr, batch_size=batch_size,
-                            seed=cfg.model.tiny.seed)
+                            seed=cfg.model.tiny.seed, box_bins=LOC_BINS + 1 if box_head == "bins" else 0)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     report = {
-        "task": "dense patch tags + owner boxes (pancapchain.model.vision_pretrain)",
+        "task": f"dense patch tags + owner boxes, {box_head} head (pancapchain.model.vision_pretrain)",
         "data": str(cfg.data.train), "images": len(samples), "classes": len(vocab),
-        "box_format": cfg.data.box_format, "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
+        "box_format": cfg.data.box_format, "box_head": box_head, "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
         "prepare_seconds": round(prepared, 1), **stats,
         "total_seconds": round(time.monotonic() - started, 1),
     }

@@ -95,15 +95,25 @@ def load_pixels(samples: Sequence[PanopticSample], image_root: Path, image_proce
 
 
 class DenseHead(nn.Module):
-    """Patch features (B, G*G, D) -> class logits (B, G*G, C) and boxes (B, G*G, 4) in [0, 1]."""
+    """Patch features (B, G*G, D) -> class logits (B, G*G, C) and the owner box per patch.
 
-    def __init__(self, dim: int, n_classes: int):
+    ``box_bins == 0``: boxes (B, G*G, 4) in [0, 1] (regression). ``box_bins == K``: logits (B, G*G, 4, K) over K
+    positions per coordinate, the same grid as the bins format's ``<loc_i>`` tokens: a feature that linearly
+    scores the bins of each coordinate is what the language model's location-token head reads most easily
+    (a scalar coordinate needs the language model to learn a scalar -> one-of-K map first).
+    """
+
+    def __init__(self, dim: int, n_classes: int, box_bins: int = 0):
         super().__init__()
+        self.box_bins = box_bins
         self.classes = nn.Linear(dim, n_classes)
-        self.boxes = nn.Linear(dim, 4)
+        self.boxes = nn.Linear(dim, 4 * box_bins if box_bins else 4)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.classes(features), self.boxes(features).sigmoid()
+        boxes = self.boxes(features)
+        if self.box_bins:
+            return self.classes(features), boxes.unflatten(-1, (4, self.box_bins))
+        return self.classes(features), boxes.sigmoid()
 
 
 def patch_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -114,12 +124,33 @@ def patch_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def dense_loss(head: DenseHead, features: torch.Tensor, targets: DenseTargets) -> tuple[torch.Tensor, dict]:
-    """Soft-label cross-entropy over classes + L1 on owned patches' boxes (weight 5: boxes are what LLaVA needs)."""
+    """Soft-label cross-entropy over classes + a box loss on owned patches (see :func:`box_loss`)."""
     logits, boxes = head(features)
     ce = -(targets.classes * logits.log_softmax(-1)).sum(-1).mean()
-    l1 = ((boxes - targets.boxes).abs().sum(-1) * targets.box_weight).sum() / targets.box_weight.sum().clamp_min(1)
+    box_term, l1 = box_loss(boxes, targets.boxes)  # both (B, G*G)
+    weight = targets.box_weight
+    norm = weight.sum().clamp_min(1)
     acc = (logits.argmax(-1) == targets.classes.argmax(-1)).float().mean()
-    return ce + 5.0 * l1, {"class_ce": ce.item(), "box_l1": l1.item(), "class_acc": acc.item()}
+    l1_mean = (l1 * weight).sum() / norm
+    return ce + (box_term * weight).sum() / norm, {"class_ce": ce.item(), "box_l1": l1_mean.item(), "class_acc": acc.item()}
+
+
+def box_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch (loss, L1 of the four coordinates), both (B, G*G); ``target`` (B, G*G, 4) in [0, 1].
+
+    Regression head (``pred`` (B, G*G, 4)): 5 x L1 (weight 5: boxes are what LLaVA needs). Bins head (``pred``
+    (B, G*G, 4, K)): cross-entropy against a Gaussian of one bin's width around the true position, so a near
+    miss costs less than a far one; the L1 reported is that of the expected position.
+    """
+    if pred.dim() == target.dim():
+        l1 = (pred - target).abs().sum(-1)
+        return 5.0 * l1, l1
+    k = pred.shape[-1]
+    grid = torch.arange(k, dtype=pred.dtype, device=pred.device)
+    soft = torch.softmax(-0.5 * (grid - target[..., None] * (k - 1)) ** 2, dim=-1)  # (B, G*G, 4, K)
+    log_p = pred.log_softmax(-1)
+    expected = (log_p.exp() * grid).sum(-1) / (k - 1)
+    return -(soft * log_p).sum(-1).sum(-1), (expected - target).abs().sum(-1).detach()
 
 
 def pretrain_vision(
@@ -132,15 +163,17 @@ def pretrain_vision(
     batch_size: int = 64,
     seed: int = 0,
     max_steps: int = 0,
+    box_bins: int = 0,
 ) -> dict:
     """Train ``model``'s vision tower in place on the dense targets for ``seconds`` (or ``max_steps``).
 
+    ``box_bins``: 0 regresses the owner boxes, K > 0 classifies each coordinate into K bins (:class:`DenseHead`).
     Linear warmup (5% of the budget) then cosine decay on elapsed time. Returns the metrics averaged over the
     last 20 steps (class_ce, box_l1, class_acc) with the step count and seconds.
     """
     torch.manual_seed(seed)
     tower = model.model.vision_tower
-    head = DenseHead(model.config.vision_config.hidden_size, targets.classes.shape[-1])
+    head = DenseHead(model.config.vision_config.hidden_size, targets.classes.shape[-1], box_bins)
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     tower.train()

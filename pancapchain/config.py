@@ -127,6 +127,10 @@ class TrainSection:
     grad_accum: int = doc("micro-batches accumulated into one optimizer step", 1)
     learning_rate: float = doc("peak learning rate (adapters / trained language model)", 2e-4)
     projector_lr: float = doc("peak learning rate of the multimodal projector", 2e-5)
+    loc_label_sigma: float = doc(
+        "data.box_format=bins only: train each <loc_i> target against a Gaussian of this many bins around the "
+        "true bin instead of one-hot (a near miss costs less than a far one); 0 = one-hot. Eval loss stays one-hot",
+        0.0)
     weight_decay: float = doc("AdamW weight decay (not on biases and norms)", 0.0)
     warmup_ratio: float = doc("fraction of the steps (or of max_seconds) spent warming the LR up", 0.03)
     scheduler: str = doc("transformers LR scheduler type (cosine, linear, constant, ...)", "cosine")
@@ -244,6 +248,9 @@ def validate(cfg: RecipeConfig) -> None:
     ratio_problem = discover_ratio_problem(d.discover_ratio)
     if ratio_problem:
         problems.append(f"data.{ratio_problem}")
+    if cfg.train.loc_label_sigma < 0 or (cfg.train.loc_label_sigma > 0 and d.box_format != "bins"):
+        problems.append(f"train.loc_label_sigma={cfg.train.loc_label_sigma} needs to be >= 0, and > 0 only with "
+                        "data.box_format=bins (the other formats have no location tokens); set it to 0")
     if d.max_length <= 0:
         problems.append("data.max_length must be positive")
     if t.per_device_batch_size <= 0 or t.grad_accum <= 0:

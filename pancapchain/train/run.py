@@ -30,6 +30,7 @@ from pancapchain.config import (
     load_recipe,
     save_recipe,
 )
+from pancapchain.constants import LOC_TOKENS
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import load_prompts
@@ -184,6 +185,8 @@ def build_run(cfg: RecipeConfig) -> Run:
         checkpoint_writer=writer,
         aux_losses=[MaskLoss(model, cfg.mask)] if head else [],
         time_budget=_time_budget(cfg),
+        loc_token_ids=processor.tokenizer.convert_tokens_to_ids(list(LOC_TOKENS)) if cfg.data.box_format == "bins" else (),
+        loc_label_sigma=cfg.train.loc_label_sigma,
     )
     return Run(cfg, trainer, processor, train_ds, val_ds, reports)
 

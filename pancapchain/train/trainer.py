@@ -31,11 +31,16 @@ class NonFiniteLossError(RuntimeError):
     """Raised when the loss is NaN/inf and the recipe says stop (``train.nonfinite_loss=stop``)."""
 
 
-def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_losses(
+    logits: torch.Tensor, labels: torch.Tensor, loc_ids: torch.Tensor | None = None, loc_sigma: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy per position.
 
     Args:
         logits: (B, L, V); labels: (B, L) with IGNORE_INDEX where unsupervised.
+        loc_ids: (K,) vocabulary ids of <loc_0> .. <loc_K-1>; with ``loc_sigma`` > 0 a position whose label is a
+            location token is scored against a Gaussian of ``loc_sigma`` bins around its bin (see
+            :func:`soft_location_losses`).
     Returns:
         losses (B, L-1) float32 (0 where ignored) and mask (B, L-1) bool of supervised positions.
     """
@@ -47,7 +52,29 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
         ignore_index=IGNORE_INDEX,
         reduction="none",
     ).view_as(shift_labels)
+    if loc_ids is not None and loc_sigma > 0:
+        losses = soft_location_losses(shift_logits, shift_labels, losses, loc_ids, loc_sigma)
     return losses, shift_labels != IGNORE_INDEX
+
+
+def soft_location_losses(
+    logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, loc_ids: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """``losses`` (B, L) with the positions labelled <loc_k> replaced by -sum_j q_j log p(<loc_j>), where
+    q ∝ exp(-(j - k)^2 / 2 sigma^2) over the K location tokens: the bins are ordered, one-hot targets are not.
+    logits: (B, L, V) aligned with labels (B, L)."""
+    lookup = torch.full((logits.size(-1),), -1, dtype=torch.long, device=labels.device)
+    lookup[loc_ids.to(labels.device)] = torch.arange(len(loc_ids), device=labels.device)
+    bins = torch.where(labels >= 0, lookup[labels.clamp_min(0)], -1)
+    chosen = bins >= 0
+    if not chosen.any():
+        return losses
+    log_p = logits[chosen].log_softmax(-1)[:, loc_ids.to(logits.device)]  # (N, K)
+    grid = torch.arange(len(loc_ids), device=logits.device, dtype=log_p.dtype)
+    target = torch.softmax(-0.5 * ((grid - bins[chosen, None]) / sigma) ** 2, dim=-1)
+    out = losses.clone()
+    out[chosen] = -(target * log_p).sum(-1)
+    return out
 
 
 class PancapTrainer(Trainer):
@@ -61,9 +88,13 @@ class PancapTrainer(Trainer):
         aux_losses: Sequence[AuxLoss] = (),
         checkpoint_writer: Callable[[str], None] | None = None,
         time_budget: WallClockBudget | None = None,
+        loc_token_ids: Sequence[int] = (),
+        loc_label_sigma: float = 0.0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.loc_token_ids = torch.tensor(list(loc_token_ids), dtype=torch.long) if loc_token_ids else None
+        self.loc_label_sigma = loc_label_sigma
         self.time_budget = time_budget
         if time_budget is not None:
             self.add_callback(time_budget)
@@ -99,7 +130,8 @@ class PancapTrainer(Trainer):
             for aux in self.aux_losses:
                 hooks.enter_context(aux.capture())
             outputs = model(**inputs)
-        losses, mask = token_losses(outputs.logits, labels)
+        soft = self.loc_label_sigma if model.training else 0.0  # the eval loss stays one-hot, comparable across runs
+        losses, mask = token_losses(outputs.logits, labels, self.loc_token_ids, soft)
         weighted = (losses * weights[:, None].to(losses.dtype) * mask).sum()
         if num_items_in_batch is not None:
             loss = weighted / num_items_in_batch

@@ -1,0 +1,97 @@
+"""How precisely a base's vision tower knows where the shapes are: a linear probe on its frozen patch features.
+
+    .venv/bin/python benchmarks/tower_probe.py BASE --train TRAIN.jsonl --val VAL.jsonl [--images 1500]
+                                                [--steps 1500]
+
+A fresh :class:`pancapchain.model.vision_pretrain.DenseHead` (tags + owner box per patch, the box as
+LOC_BINS + 1 bins per coordinate) is fitted on the frozen features of ``--images`` training scenes, then the
+owner boxes of the held-out scenes' *thing* patches (owner box narrower than 0.6 of the square) are read off
+as expected bin positions. Printed: per-coordinate mean absolute error and the centre error percentiles, in
+pixels of the square the tower sees. A language model that reads boxes off these features cannot do better
+than the probe (docs/learning_quality.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pancapchain.constants import LOC_BINS  # noqa: E402
+from pancapchain.data.io import load_samples  # noqa: E402
+from pancapchain.model.vision_pretrain import (  # noqa: E402
+    DenseHead,
+    DenseTargets,
+    build_targets,
+    dense_loss,
+    load_pixels,
+    patch_features,
+    tag_vocabulary,
+)
+
+
+def frozen_features(model, processor, samples, root: Path, chunk: int = 64) -> torch.Tensor:
+    """(N, G*G, D) tower features of ``samples`` (no gradient)."""
+    pixels = load_pixels(samples, root, processor.image_processor)
+    with torch.no_grad():
+        return torch.cat([patch_features(model, pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)])
+
+
+def probe(base: Path, train: Path, val: Path, images: int, steps: int, seed: int = 0) -> dict:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_pretrained(base, local_files_only=True, use_safetensors=True).eval()
+    processor = AutoProcessor.from_pretrained(base, local_files_only=True)
+    train_samples, val_samples = load_samples(train)[0][:images], load_samples(val)[0]
+    vocab = tag_vocabulary(train_samples + val_samples)
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    side = model.config.vision_config.image_size
+    f_train = frozen_features(model, processor, train_samples, train.parent)
+    f_val = frozen_features(model, processor, val_samples, val.parent)
+    t_train, t_val = build_targets(train_samples, grid, vocab), build_targets(val_samples, grid, vocab)
+    head = DenseHead(f_train.shape[-1], len(vocab), LOC_BINS + 1)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(steps):
+        idx = torch.randint(0, len(f_train), (128,))
+        batch = DenseTargets(t_train.classes[idx], t_train.boxes[idx], t_train.box_weight[idx])
+        loss, _ = dense_loss(head, f_train[idx], batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        _, logits = head(f_val)
+        grid_pos = torch.arange(LOC_BINS + 1, dtype=torch.float32) / LOC_BINS
+        boxes = (logits.softmax(-1) * grid_pos).sum(-1)  # (N, G*G, 4)
+    target = t_val.boxes
+    things = ((target[..., 2] - target[..., 0]) < 0.6) & (t_val.box_weight > 0)
+    error = (boxes - target).abs()[things] * side
+    centre = ((boxes[..., :2] + boxes[..., 2:]) / 2 - (target[..., :2] + target[..., 2:]) / 2).norm(dim=-1)
+    centre = centre[things] * side
+    return {
+        "base": str(base), "thing_patches": int(things.sum()),
+        "coordinate_error_px": [round(float(v), 2) for v in error.mean(0)],
+        "centre_error_px_p10_p50_p90": [round(float(v), 2) for v in centre.quantile(torch.tensor([0.1, 0.5, 0.9]))],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path, help="a tiny llava-hf folder (pretrain-tiny output or a trained run)")
+    parser.add_argument("--train", type=Path, required=True, help="panoptic JSONL the probe is fitted on")
+    parser.add_argument("--val", type=Path, required=True, help="held-out panoptic JSONL it is measured on")
+    parser.add_argument("--images", type=int, default=1500, help="training scenes used (default 1500)")
+    parser.add_argument("--steps", type=int, default=1500, help="probe steps of 128 scenes (default 1500)")
+    args = parser.parse_args(argv)
+    print(json.dumps(probe(args.base, args.train, args.val, args.images, args.steps)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -58,6 +58,7 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     out = tmp_path / "base"
     report = pretrain_tiny(cfg, out, seconds=2.0, batch_size=4)
     assert report["steps"] > 0 and report["images"] == 6 and (out / PRETRAIN_FILE).is_file()
+    assert report["box_head"] == "l1"  # the default; "bins" is run below
     assert (out / "model.safetensors").is_file()
 
     model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True, use_safetensors=True)
@@ -71,6 +72,9 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     assert moved, "pretraining left the vision tower unchanged"
     lm = dict(model.model.language_model.named_parameters())
     assert all(torch.equal(p, lm[n]) for n, p in random_base.model.language_model.named_parameters())
+
+    binned = pretrain_tiny(cfg, tmp_path / "base_bins", seconds=1.0, batch_size=4, box_head="bins")
+    assert binned["box_head"] == "bins" and binned["steps"] > 0 and 0.0 <= binned["box_l1"] <= 4.0
 
     assert load_recipe("recipes/tiny_chain.yaml", [f"model.base={out}", f"data.train={train}"]).model.base == str(out)
     with pytest.raises(ConfigError, match="needs <loc_i> tokens"):

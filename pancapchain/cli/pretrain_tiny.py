@@ -19,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="pretraining wall-clock budget (default 60)")
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default 3e-3)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
-    parser.add_argument("--box-head", choices=("bins", "l1"), default="bins",
-                        help="owner-box target per patch: bins = one class per location-token position for each "
-                             "coordinate (default), l1 = regression")
+    parser.add_argument("--box-head", choices=("bins", "l1"), default="l1",
+                        help="owner-box target per patch: l1 = regression (default), bins = one class per "
+                             "location-token position for each coordinate (docs/learning_quality.md)")
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides, e.g. data.train=...")
     parser.set_defaults(func=run)
 

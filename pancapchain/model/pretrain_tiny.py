@@ -42,12 +42,13 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
 
 
 def pretrain_tiny(
-    cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64, box_head: str = "bins"
+    cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64, box_head: str = "l1"
 ) -> dict:
     """Build the recipe's tiny base, pretrain its tower for ``seconds`` on ``data.train``, save it to ``out``.
 
-    ``box_head``: "bins" classifies each owner-box coordinate into the LOC_BINS + 1 positions of the location
-    tokens, "l1" regresses it (:class:`pancapchain.model.vision_pretrain.DenseHead`).
+    ``box_head``: "l1" regresses each owner-box coordinate, "bins" classifies it into the LOC_BINS + 1 positions
+    of the location tokens (:class:`pancapchain.model.vision_pretrain.DenseHead`; a better tower probe, but
+    lower PancapScores in the full benchmark: docs/learning_quality.md).
 
     Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
     """

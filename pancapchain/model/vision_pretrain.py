@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pancapchain.data.schema import PanopticSample
 from pancapchain.mask.rle import box_to_mask, decode_rle, masks_to_square
 from pancapchain.mask.targets import box_on_square
+from pancapchain.model.soft_bins import gaussian_bin_targets
 
 PAD_CLASS = "<pad>"
 THING_SHARE = 0.2  # a thing owning >= 20% of a patch owns it: shapes are small next to the stuff around them
@@ -147,7 +148,7 @@ def box_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, to
         return 5.0 * l1, l1
     k = pred.shape[-1]
     grid = torch.arange(k, dtype=pred.dtype, device=pred.device)
-    soft = torch.softmax(-0.5 * (grid - target[..., None] * (k - 1)) ** 2, dim=-1)  # (B, G*G, 4, K)
+    soft = gaussian_bin_targets(target * (k - 1), k)  # (B, G*G, 4, K)
     log_p = pred.log_softmax(-1)
     expected = (log_p.exp() * grid).sum(-1) / (k - 1)
     return -(soft * log_p).sum(-1).sum(-1), (expected - target).abs().sum(-1).detach()

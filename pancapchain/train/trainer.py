@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import Trainer
 
 from pancapchain.constants import IGNORE_INDEX, TASKS
+from pancapchain.model.soft_bins import gaussian_bin_targets
 from pancapchain.train.aux import AuxLoss
 from pancapchain.train.budget import WallClockBudget
 
@@ -70,8 +71,7 @@ def soft_location_losses(
     if not chosen.any():
         return losses
     log_p = logits[chosen].log_softmax(-1)[:, loc_ids.to(logits.device)]  # (N, K)
-    grid = torch.arange(len(loc_ids), device=logits.device, dtype=log_p.dtype)
-    target = torch.softmax(-0.5 * ((grid - bins[chosen, None]) / sigma) ** 2, dim=-1)
+    target = gaussian_bin_targets(bins[chosen].to(log_p.dtype), len(loc_ids), sigma)
     out = losses.clone()
     out[chosen] = -(target * log_p).sum(-1)
     return out

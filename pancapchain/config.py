@@ -102,6 +102,9 @@ class DataSection:
         "task -> loss weight; 0 = not trained (keys merge with these defaults, so set 0 to drop one). Keys: the "
         "four chain stages (default 1) and the extra box tasks segcap/region (default 0)",
         factory=lambda: {t: float(t in STAGES) for t in TASKS})
+    system_prompt: str = doc(
+        "chat system text before every prompt: 'default' = the prompt set's (LLaVA-1.5's), '' = none, or a text; "
+        "the checkpoint records it and inference uses it", "default")
     discover_ratio: list[float] = doc(
         "[low, high]: stage 3 hides a fraction f ~ U(low, high) of the entities, to be discovered",
         factory=lambda: [0.3, 0.7])

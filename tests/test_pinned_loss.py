@@ -39,6 +39,7 @@ OVERRIDES = {
     "model.freeze_vision_tower": "false",
     "train.learning_rate": "2.0e-3",
     "train.projector_lr": "2.0e-3",
+    "data.system_prompt": "default",
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 from pancapchain.constants import DIRECT, STAGES
@@ -97,3 +98,41 @@ def test_dataset_length_is_the_collators_input_length(tmp_path: Path):
     for k, row in enumerate(rows):
         expected = ref["input_ids"][k] + answers["input_ids"][k] + [processor.tokenizer.eos_token_id]
         assert batch["input_ids"][k, : row["length"]].tolist() == expected
+    # Rows carry their ids; without them the collator tokenizes the same text to the same batch.
+    bare = [{k: v for k, v in row.items() if k not in ("prompt_ids", "answer_ids")} for row in rows]
+    again = PancapCollator(processor, system)(bare)
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert torch.equal(again[key], batch[key]), key
+
+
+def test_dataset_with_every_row_dropped_is_empty_and_reported(tmp_path: Path):
+    """max_length below every row: an empty dataset with the collator's columns, every row counted as skipped."""
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    sample, image = generate_scene(0, seed=3, size=64)
+    image.save(root / sample.image)
+    (root / "train.jsonl").write_text(json.dumps(sample.to_dict()) + "\n")
+    processor = build_processor(build_tokenizer([s.caption for s in SCENES] * 3, vocab_size=400),
+                                TinyModelConfig(image_size=32, patch_size=8))
+    pairs, report = collect_stage_examples(root / "train.jsonl", None, PROMPTS, BoxCodec("asmv2"),
+                                           stages=STAGES, discover_ratio=(0.3, 0.7))
+    dataset = build_stage_dataset(pairs, processor, PROMPTS.system, max_length=10, report=report)
+    assert len(dataset) == 0 and len(pairs) == 4
+    assert {"prompt_ids", "answer_ids", "length", "masks"} <= set(dataset.column_names)
+    assert len(report.skipped) == 4 and all("over-long" in why for _, why in report.skipped)
+
+
+def test_empty_system_prompt_renders_no_system_text():
+    """``system=""`` drops the template's default system text; ``None`` keeps it; recipes choose via data.system_prompt."""
+    from pancapchain.data.prompts import recipe_prompts
+    from pancapchain.model.chat import render_prompt
+
+    processor = build_processor(build_tokenizer([s.caption for s in SCENES] * 3, vocab_size=400),
+                                TinyModelConfig(image_size=32, patch_size=8))
+    bare = render_prompt(processor, "Please localize all entities in this image.", "")
+    default = render_prompt(processor, "Please localize all entities in this image.", None)
+    assert bare == " USER: <image>\nPlease localize all entities in this image. ASSISTANT:"
+    assert default.startswith("A chat between") and default.endswith(bare)
+    assert recipe_prompts("v1", "").system == ""
+    assert recipe_prompts("v1", "default").system == PROMPTS.system
+    assert recipe_prompts("v1", "Be brief.").system == "Be brief."

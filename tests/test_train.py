@@ -115,3 +115,23 @@ def test_bad_records_are_reported_by_name_and_training_goes_on(tmp_path):
     assert len(report["reports"][0]["skipped"]) == len(run.reports[0].skipped) >= 7
     run.trainer.train()  # trains on what is left without crashing
     assert run.trainer.state.global_step == 2
+
+
+def test_empty_system_prompt_is_trained_recorded_and_read_back_by_the_chain(tmp_path):
+    """data.system_prompt="" trains rows without system text, writes "" to the checkpoint, and the chain uses ""."""
+    from transformers import Trainer
+
+    from pancapchain.infer.chain import PancapChain
+
+    train = write_dataset(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    cfg = load_recipe(None, tiny_overrides(train, out, **{"train.max_steps": "1", "data.system_prompt": '""'}))
+    run_training(cfg)
+    assert json.loads((out / "pancap_meta.json").read_text())["system_prompt"] == ""
+    assert PancapChain.from_pretrained(str(out)).system == ""
+    run = build_run(cfg)
+    text = run.processor.tokenizer.decode(run.train_ds[0]["prompt_ids"])
+    assert "A chat between" not in text and "USER:" in text
+    # the flops estimate counts the parameters once but gives transformers' number
+    batch = run.trainer.data_collator([run.train_ds[i] for i in range(2)])
+    assert run.trainer.floating_point_ops(batch) == Trainer.floating_point_ops(run.trainer, batch) > 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,12 @@ def default_prompt_root() -> Path:
     but also works when ``pancapchain`` is imported as a namespace package (``__file__`` None).
     """
     return Path(__file__).resolve().parents[2] / "prompts"
+
+
+def recipe_prompts(version: str, system: str = "default") -> PromptSet:
+    """The prompt set a recipe trains with: ``version``'s, its system text replaced unless ``system`` is "default"."""
+    prompts = load_prompts(version)
+    return prompts if system == "default" else replace(prompts, system=system)
 
 
 def load_prompts(version: str = "v1", root: Path | None = None) -> PromptSet:

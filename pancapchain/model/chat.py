@@ -8,9 +8,12 @@ from transformers import ProcessorMixin
 
 
 def stage_messages(prompt: str, system: str | None = None) -> list[dict]:
-    """Chat messages of one single-turn stage: (optional system) + user turn with the image and the prompt."""
+    """Chat messages of one single-turn stage: (system) + user turn with the image and the prompt.
+
+    ``system=None`` leaves the system text to the chat template's default; ``""`` asks for none.
+    """
     messages: list[dict] = []
-    if system:
+    if system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]})
     return messages

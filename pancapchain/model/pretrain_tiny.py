@@ -17,7 +17,7 @@ from pancapchain.config import RecipeConfig
 from pancapchain.constants import DIRECT, LOC_BINS, STAGES
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import atomic_write_json, load_samples
-from pancapchain.data.prompts import load_prompts
+from pancapchain.data.prompts import recipe_prompts
 from pancapchain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
     variant's recipe) and the ids of the samples that passed validation."""
     from pancapchain.train.dataset import collect_stage_examples
 
-    prompts = load_prompts(cfg.data.prompt_version)
+    prompts = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt)
     tasks = [*STAGES, DIRECT]
     triples, _report = collect_stage_examples(
         cfg.data.train, cfg.data.image_root or None, prompts, BoxCodec(cfg.data.box_format), stages=tasks,

@@ -64,10 +64,16 @@ class PancapCollator:
             raise RuntimeError(f"no decodable image in batch ({names}); run `pancapchain validate-data`")
         return kept, images
 
+    def _token_ids(self, rows: Sequence[Mapping]) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, answer ids + EOS) per row: the ids ``build_stage_dataset`` stored, else tokenized here."""
+        if all("prompt_ids" in row and "answer_ids" in row for row in rows):
+            return [(list(row["prompt_ids"]), list(row["answer_ids"])) for row in rows]
+        return stage_token_ids(self.processor, [row["prompt"] for row in rows], [row["target"] for row in rows],
+                               [(row["height"], row["width"]) for row in rows], self.system)
+
     def __call__(self, rows: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         rows, images = self._load_images(rows)
-        ids = stage_token_ids(self.processor, [row["prompt"] for row in rows], [row["target"] for row in rows],
-                              [(row["height"], row["width"]) for row in rows], self.system)
+        ids = self._token_ids(rows)
         sequences = [prompt + answer for prompt, answer in ids]
         labels = [[IGNORE_INDEX] * len(prompt) + answer for prompt, answer in ids]
         width = max(len(s) for s in sequences)

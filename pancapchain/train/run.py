@@ -33,7 +33,7 @@ from pancapchain.config import (
 from pancapchain.constants import LOC_TOKENS
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
-from pancapchain.data.prompts import load_prompts
+from pancapchain.data.prompts import recipe_prompts
 from pancapchain.errors import ArgumentParser, TrainingInterrupted, debug_requested, run_guarded
 from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
@@ -145,7 +145,7 @@ def build_run(cfg: RecipeConfig) -> Run:
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.train.seed)
-    prompts = load_prompts(cfg.data.prompt_version)
+    prompts = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt)
     codec = BoxCodec(cfg.data.box_format)
     train_pairs, train_report = _data(cfg, prompts, codec, cfg.data.train)
     val_pairs, val_report = ([], None)

@@ -58,6 +58,13 @@ def token_losses(
     return losses, shift_labels != IGNORE_INDEX
 
 
+def first_scored_position(labels: torch.Tensor) -> int:
+    """labels (B, L) -> the first position whose logits a loss reads: one before the earliest supervised label of
+    any row (0 when nothing is supervised)."""
+    supervised = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    return max(int(supervised[0]) - 1, 0) if len(supervised) else 0
+
+
 def soft_location_losses(
     logits: torch.Tensor, labels: torch.Tensor, losses: torch.Tensor, loc_ids: torch.Tensor, sigma: float
 ) -> torch.Tensor:
@@ -112,6 +119,7 @@ class PancapTrainer(Trainer):
         self._stage_sums = {True: torch.zeros(len(TASKS)), False: torch.zeros(len(TASKS))}  # index: stage_ids
         self._stage_counts = {True: torch.zeros(len(TASKS)), False: torch.zeros(len(TASKS))}
         self._aux_logs: dict[str, list[float]] = {}  # name -> [sum, count] of this rank's micro-batch values
+        self._flops_parameters: int | None = None  # non-embedding parameter count, taken once
         if nonfinite_loss == "skip" and self.is_deepspeed_enabled:
             raise ValueError(
                 "train.nonfinite_loss=skip is not supported under DeepSpeed (its engine steps the optimizer inside "
@@ -126,12 +134,18 @@ class PancapTrainer(Trainer):
         sample_ids = inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
         extras = {k: inputs.pop(k) for aux in self.aux_losses for k in aux.batch_keys if k in inputs}
+        # Logits only from the first position any row's loss reads: the lm_head and the softmax over the vocabulary
+        # skip the system, image and prompt tokens (most of a stage row; with a 32k vocabulary the full (B, L, V)
+        # logits are also the largest activation). transformers' logits_to_keep keeps the last N positions.
+        start = first_scored_position(labels)
+        if start > 0:
+            inputs["logits_to_keep"] = labels.shape[1] - start
         with ExitStack() as hooks:
             for aux in self.aux_losses:
                 hooks.enter_context(aux.capture())
             outputs = model(**inputs)
         soft = self.loc_label_sigma if model.training else 0.0  # the eval loss stays one-hot, comparable across runs
-        losses, mask = token_losses(outputs.logits, labels, self.loc_token_ids, soft)
+        losses, mask = token_losses(outputs.logits, labels[:, start:], self.loc_token_ids, soft)
         weighted = (losses * weights[:, None].to(losses.dtype) * mask).sum()
         if num_items_in_batch is not None:
             loss = weighted / num_items_in_batch
@@ -199,6 +213,15 @@ class PancapTrainer(Trainer):
         for param in model.parameters():
             param.grad = None  # torch optimizers skip parameters without a gradient: no update, no moment change
         return grad_norm
+
+    def floating_point_ops(self, inputs) -> int:
+        """The Trainer's estimate, 6 x input tokens x non-embedding parameters, with the parameters counted once
+        (transformers walks every module on every step for it: ~3% of a tiny model's CPU step)."""
+        if self._flops_parameters is None:
+            count = getattr(self.model, "num_parameters", None)
+            self._flops_parameters = int(count(exclude_embeddings=True)) if count is not None else 0
+        ids = inputs.get("input_ids")
+        return 6 * ids.numel() * self._flops_parameters if ids is not None else 0
 
     # ------------------------------------------------------------------------------------- logging
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -113,3 +113,19 @@ def test_collated_boxes_are_the_entities_boxes_on_the_square(synth, tmp_path):
     boxes = batch["mask_boxes"]
     assert ((boxes >= 0) & (boxes <= 1)).all() and (boxes[:, 2] >= boxes[:, 0]).all()
     assert mask_head_of(run.trainer.model).box_gain is not None
+
+
+def test_full_fine_tune_keeps_the_head_out_of_model_safetensors(synth, tmp_path):
+    """Without LoRA the Trainer saves the whole model: the head goes to its own file only, and comes back from it."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    run_training(load_recipe(None, tiny_overrides(synth / "train.jsonl", out, **MASK, **{
+        "train.max_steps": "2", "lora.enabled": "false", "model.train_language_model": "true"})))
+    for folder in (out, out / "checkpoint-2"):
+        keys = load_file(folder / "model.safetensors").keys()
+        assert keys and not [k for k in keys if "mask_head" in k]
+        assert (folder / "mask_head.safetensors").is_file()
+    saved = load_file(out / "mask_head.safetensors")
+    head = PancapChain.from_pretrained(str(out)).masks.head
+    assert saved and all(torch.equal(head.state_dict()[k], v) for k, v in saved.items())

@@ -36,7 +36,12 @@ def build_mask_head(model: torch.nn.Module, mask: MaskSection) -> MaskHead:
 
 def attach_mask_head(model: torch.nn.Module, mask: MaskSection) -> MaskHead:
     head = build_mask_head(model, mask)
-    _base(model).mask_head = head
+    base = _base(model)
+    base.mask_head = head
+    # The head is saved on its own (mask_head.safetensors, save_head_from); kept out of save_pretrained, a fully
+    # fine-tuned checkpoint stays the plain llava-hf layout that transformers loads without unexpected keys.
+    base._keys_to_ignore_on_save = set(base._keys_to_ignore_on_save or ()) | {
+        f"mask_head.{key}" for key in head.state_dict()}
     return head
 
 

@@ -27,7 +27,6 @@ from pancapchain.constants import LOC_BINS  # noqa: E402
 from pancapchain.data.io import load_samples  # noqa: E402
 from pancapchain.model.vision_pretrain import (  # noqa: E402
     DenseHead,
-    DenseTargets,
     build_targets,
     dense_loss,
     load_pixels,
@@ -60,8 +59,7 @@ def probe(base: Path, train: Path, val: Path, images: int, steps: int, seed: int
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
     for _ in range(steps):
         idx = torch.randint(0, len(f_train), (128,))
-        batch = DenseTargets(t_train.classes[idx], t_train.boxes[idx], t_train.box_weight[idx])
-        loss, _ = dense_loss(head, f_train[idx], batch)
+        loss, _ = dense_loss(head, f_train[idx], t_train.take(idx))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

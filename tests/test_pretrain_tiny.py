@@ -9,7 +9,7 @@ from conftest import tiny_overrides, write_dataset
 from pancapchain.config import ConfigError, load_recipe
 from pancapchain.data.schema import Entity, PanopticSample
 from pancapchain.mask.rle import box_to_mask, encode_rle
-from pancapchain.model.vision_pretrain import PAD_CLASS, patch_targets, tag_vocabulary
+from pancapchain.model.vision_pretrain import PAD_CLASS, DenseHead, DenseTargets, dense_loss, patch_targets, tag_vocabulary
 
 
 def _scene(width: int, height: int) -> PanopticSample:
@@ -24,7 +24,7 @@ def test_patch_targets_of_a_square_scene():
     sample = _scene(64, 64)
     vocab = tag_vocabulary([sample])
     assert vocab == {PAD_CLASS: 0, "grass": 1, "red square": 2}
-    classes, boxes, weight = patch_targets(sample, 4, vocab)  # 16 px per patch, the thing is one patch
+    classes, boxes, weight, thing = patch_targets(sample, 4, vocab)  # 16 px per patch, the thing is one patch
     assert classes.shape == (16, 3) and boxes.shape == (16, 4) and weight.shape == (16,)
     torch.testing.assert_close(classes.sum(-1), torch.ones(16))
     # the stuff mask covers the thing's patch too (masks overlap here): both tags share it
@@ -33,11 +33,31 @@ def test_patch_targets_of_a_square_scene():
     torch.testing.assert_close(boxes[0], torch.tensor([0.0, 0.0, 0.25, 0.25]))  # the thing owns its patch
     torch.testing.assert_close(boxes[5], torch.tensor([0.0, 0.0, 1.0, 1.0]))
     assert weight.min() == 1.0
+    assert thing[0] == 1.0 and thing[1:].sum() == 0  # only the shape's patch is a thing's
+
+
+def test_thing_weight_weighs_the_things_patches_in_both_losses():
+    torch.manual_seed(0)
+    head = DenseHead(8, 3)
+    features = torch.randn(2, 4, 8)
+    classes = torch.softmax(torch.randn(2, 4, 3), -1)
+    targets = DenseTargets(classes, torch.rand(2, 4, 4), torch.ones(2, 4), torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
+    plain, metrics = dense_loss(head, features, targets)
+    weighted, metrics_w = dense_loss(head, features, targets, thing_weight=4.0)
+    assert metrics == metrics_w  # the reported figures are unweighted
+    logits, boxes = head(features)
+    ce = -(classes * logits.log_softmax(-1)).sum(-1)  # (2, 4)
+    box = 5.0 * (boxes - targets.boxes).abs().sum(-1)
+    w = torch.tensor([[4.0, 1, 1, 1], [1, 1, 1, 1]])
+    expected = (ce * w).sum() / w.sum() + (box * w).sum() / w.sum()
+    torch.testing.assert_close(weighted, expected)
+    torch.testing.assert_close(plain, ce.mean() + box.mean())
+    assert metrics["thing_acc"] == float(logits[0, 0].argmax() == classes[0, 0].argmax())
 
 
 def test_patch_targets_on_the_padded_square():
     sample = _scene(64, 32)  # padded to 64x64: 16 px bars of padding above and below
-    classes, boxes, weight = patch_targets(sample, 4, tag_vocabulary([sample]))
+    classes, boxes, weight, _ = patch_targets(sample, 4, tag_vocabulary([sample]))
     rows = classes[:, 0].reshape(4, 4)
     torch.testing.assert_close(rows[0], torch.ones(4))  # the top row is all padding
     torch.testing.assert_close(rows[1], torch.zeros(4))
@@ -58,6 +78,7 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     out = tmp_path / "base"
     report = pretrain_tiny(cfg, out, seconds=2.0, batch_size=4)
     assert report["steps"] > 0 and report["images"] == 6 and (out / PRETRAIN_FILE).is_file()
+    assert report["thing_weight"] == 4.0 and 0.0 <= report["thing_acc"] <= 1.0  # the default weighs shapes up
     assert report["box_head"] == "l1"  # the default; "bins" is run below
     assert (out / "model.safetensors").is_file()
 

@@ -9,7 +9,7 @@ Targets for each patch of the ``G x G`` grid the tower sees (the padded square, 
 * ``classes (G*G, C)``: the fraction of the patch each tag covers (index 0 = the padding), a soft label;
 * ``boxes (G*G, 4)``: the box, on the padded square, of the entity that owns the patch (a thing covering at
   least :data:`THING_SHARE` of it wins over the stuff around it), with ``box_weight (G*G,)`` 0 where nothing
-  owns the patch (padding).
+  owns the patch (padding), and ``thing (G*G,)`` 1 where a thing owns it (the loss can weigh those patches up).
 
 The loop is plain torch on purpose: a vision-only pretext task with a throwaway head, no text, no checkpoints,
 where the HF Trainer would add collation and logging overhead and nothing else.
@@ -40,11 +40,17 @@ THING_SHARE = 0.2  # a thing owning >= 20% of a patch owns it: shapes are small 
 
 @dataclass
 class DenseTargets:
-    """Stacked per-patch targets of N images: classes (N, G*G, C), boxes (N, G*G, 4), box_weight (N, G*G)."""
+    """Stacked per-patch targets of N images: classes (N, G*G, C), boxes (N, G*G, 4), box_weight (N, G*G) (1 where
+    an entity owns the patch), thing (N, G*G) (1 where a thing owns it)."""
 
     classes: torch.Tensor
     boxes: torch.Tensor
     box_weight: torch.Tensor
+    thing: torch.Tensor
+
+    def take(self, idx: torch.Tensor) -> "DenseTargets":
+        """The targets of the images ``idx`` (a batch)."""
+        return DenseTargets(self.classes[idx], self.boxes[idx], self.box_weight[idx], self.thing[idx])
 
 
 def tag_vocabulary(samples: Sequence[PanopticSample]) -> dict[str, int]:
@@ -55,8 +61,8 @@ def tag_vocabulary(samples: Sequence[PanopticSample]) -> dict[str, int]:
 
 def patch_targets(
     sample: PanopticSample, grid: int, vocab: dict[str, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One sample's targets: classes (G*G, C), boxes (G*G, 4) on the padded square, box_weight (G*G,)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's targets: classes (G*G, C), boxes (G*G, 4) on the padded square, box_weight (G*G,), thing (G*G,)."""
     h, w = sample.height, sample.width
     masks = np.stack(
         [
@@ -73,12 +79,14 @@ def patch_targets(
         classes[:, vocab.get(entity.tag, 0)] += share
     classes = classes / classes.sum(-1, keepdim=True).clamp_min(1e-6)
     is_thing = torch.tensor([e.is_thing for e in sample.entities], dtype=torch.bool)
-    owner_score = shares + (is_thing[:, None] & (shares >= THING_SHARE)).float()  # things first, then coverage
+    thing_owns = is_thing[:, None] & (shares >= THING_SHARE)  # (N, G*G)
+    owner_score = shares + thing_owns.float()  # things first, then coverage
     owner = owner_score.argmax(0) if len(sample.entities) else torch.zeros(grid * grid, dtype=torch.long)
     squares = torch.tensor([box_on_square(e.box, w, h) for e in sample.entities] or [[0.0] * 4])
     boxes = squares[owner]
-    weight = (shares.max(0).values > 0.1).float() if len(sample.entities) else torch.zeros(grid * grid)
-    return classes, boxes, weight
+    if not len(sample.entities):
+        return classes, boxes, torch.zeros(grid * grid), torch.zeros(grid * grid)
+    return classes, boxes, (shares.max(0).values > 0.1).float(), thing_owns.any(0).float()
 
 
 def build_targets(samples: Sequence[PanopticSample], grid: int, vocab: dict[str, int]) -> DenseTargets:
@@ -124,16 +132,29 @@ def patch_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return hidden[:, 1:]
 
 
-def dense_loss(head: DenseHead, features: torch.Tensor, targets: DenseTargets) -> tuple[torch.Tensor, dict]:
-    """Soft-label cross-entropy over classes + a box loss on owned patches (see :func:`box_loss`)."""
+def dense_loss(
+    head: DenseHead, features: torch.Tensor, targets: DenseTargets, thing_weight: float = 1.0
+) -> tuple[torch.Tensor, dict]:
+    """Soft-label cross-entropy over classes + a box loss on owned patches (see :func:`box_loss`).
+
+    ``thing_weight``: the weight of the patches a thing owns in both terms (the others weigh 1). The reported
+    metrics are unweighted; ``thing_acc`` is the class accuracy on the things' patches.
+    """
     logits, boxes = head(features)
-    ce = -(targets.classes * logits.log_softmax(-1)).sum(-1).mean()
+    patch_weight = 1.0 + (thing_weight - 1.0) * targets.thing  # (B, G*G)
+    ce_patch = -(targets.classes * logits.log_softmax(-1)).sum(-1)
+    ce = (ce_patch * patch_weight).sum() / patch_weight.sum()
     box_term, l1 = box_loss(boxes, targets.boxes)  # both (B, G*G)
-    weight = targets.box_weight
-    norm = weight.sum().clamp_min(1)
-    acc = (logits.argmax(-1) == targets.classes.argmax(-1)).float().mean()
-    l1_mean = (l1 * weight).sum() / norm
-    return ce + (box_term * weight).sum() / norm, {"class_ce": ce.item(), "box_l1": l1_mean.item(), "class_acc": acc.item()}
+    owned = targets.box_weight
+    weight = owned * patch_weight
+    hit = (logits.argmax(-1) == targets.classes.argmax(-1)).float()
+    metrics = {
+        "class_ce": ce_patch.mean().item(),
+        "box_l1": ((l1 * owned).sum() / owned.sum().clamp_min(1)).item(),
+        "class_acc": hit.mean().item(),
+        "thing_acc": ((hit * targets.thing).sum() / targets.thing.sum().clamp_min(1)).item(),
+    }
+    return ce + (box_term * weight).sum() / weight.sum().clamp_min(1), metrics
 
 
 def box_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,12 +186,14 @@ def pretrain_vision(
     seed: int = 0,
     max_steps: int = 0,
     box_bins: int = 0,
+    thing_weight: float = 1.0,
 ) -> dict:
     """Train ``model``'s vision tower in place on the dense targets for ``seconds`` (or ``max_steps``).
 
     ``box_bins``: 0 regresses the owner boxes, K > 0 classifies each coordinate into K bins (:class:`DenseHead`).
+    ``thing_weight``: weight of the things' patches in the loss (:func:`dense_loss`).
     Linear warmup (5% of the budget) then cosine decay on elapsed time. Returns the metrics averaged over the
-    last 20 steps (class_ce, box_l1, class_acc) with the step count and seconds.
+    last 20 steps (class_ce, box_l1, class_acc, thing_acc) with the step count and seconds.
     """
     torch.manual_seed(seed)
     tower = model.model.vision_tower
@@ -189,8 +212,7 @@ def pretrain_vision(
         for group in optimizer.param_groups:
             group["lr"] = lr * (frac / 0.05 if frac < 0.05 else 0.5 * (1 + math.cos(math.pi * (frac - 0.05) / 0.95)))
         idx = torch.randint(0, len(pixels), (batch_size,))
-        batch = DenseTargets(targets.classes[idx], targets.boxes[idx], targets.box_weight[idx])
-        loss, metrics = dense_loss(head, patch_features(model, pixels[idx]), batch)
+        loss, metrics = dense_loss(head, patch_features(model, pixels[idx]), targets.take(idx), thing_weight)
         recent = (recent + [metrics])[-20:]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -32,13 +32,26 @@ def _endless_run(tmp_path: Path) -> tuple[Path, Path, list[str]]:
     return out, recipe, overrides
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, seconds: float) -> bool:
+def _wait_for_checkpoint(out: Path, proc: subprocess.Popen, seconds: float) -> bool:
+    """True once a complete checkpoint exists. Any step's counts: on a fast machine checkpoint-2 can be saved
+    and rotated away (save_total_limit) between two polls."""
     deadline = time.time() + seconds
     while time.time() < deadline and proc.poll() is None:
-        if path.exists():
+        if any(out.glob("checkpoint-*/pancap_meta.json")):
             return True
         time.sleep(0.2)
-    return path.exists()
+    return any(out.glob("checkpoint-*/pancap_meta.json"))
+
+
+def _popen_to_files(cmd: list[str], cwd: Path, env: dict) -> subprocess.Popen:
+    """Start ``cmd`` with stdout/stderr in files under ``cwd``: a pipe nobody reads while the test waits fills
+    up and blocks the child (seen as a hang once the machine got faster and the log longer)."""
+    with (cwd / "stdout.txt").open("w") as stdout, (cwd / "stderr.txt").open("w") as stderr:
+        return subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=stderr, text=True, env=env, start_new_session=True)
+
+
+def _outputs(cwd: Path) -> tuple[str, str]:
+    return (cwd / "stdout.txt").read_text(), (cwd / "stderr.txt").read_text()
 
 
 @pytest.mark.timeout(2400)
@@ -46,12 +59,12 @@ def test_ctrl_c_stops_at_a_step_with_a_complete_checkpoint_and_the_rerun_resumes
     out, recipe, overrides = _endless_run(tmp_path)
     cmd = [sys.executable, str(REPO / "train.py"), "--recipe", str(recipe), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    proc = _popen_to_files(cmd, tmp_path, env)
     try:
-        assert _wait_for(out / "checkpoint-2" / "pancap_meta.json", proc, 1500), "training never saved checkpoint-2"
+        assert _wait_for_checkpoint(out, proc, 1500), "training never saved a checkpoint"
         proc.send_signal(signal.SIGINT)  # to the python process only, as a terminal's Ctrl-C would reach it
-        stdout, stderr = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
+        stdout, stderr = _outputs(tmp_path)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -104,12 +117,12 @@ def test_ctrl_c_under_a_two_process_launch_stops_every_rank_after_the_same_step(
            str(REPO / "train.py"), "--recipe", str(recipe), *overrides]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = _popen_to_files(cmd, tmp_path, env)
     try:
-        assert _wait_for(out / "checkpoint-2" / "pancap_meta.json", proc, 1500), "training never saved checkpoint-2"
+        assert _wait_for_checkpoint(out, proc, 1500), "training never saved a checkpoint"
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
+        _, stderr = _outputs(tmp_path)
     finally:
         _stop_launch(proc)
     lines = [x for x in stderr.splitlines() if x.startswith("train.py: error: training stopped by Ctrl-C")]

@@ -9,6 +9,12 @@ owner boxes of the held-out scenes' *thing* patches (owner box narrower than 0.6
 as expected bin positions. Printed: per-coordinate mean absolute error and the centre error percentiles, in
 pixels of the square the tower sees. A language model that reads boxes off these features cannot do better
 than the probe (docs/learning_quality.md).
+
+Also printed: what the tower knows of each *whole* shape. Every thing's patch features are averaged with its
+exact mask shares as weights (a perfect box, better than the chain's), and two fresh linear classifiers name its
+kind (circle, ring, ...) and its colour from that mean: ``shape_kind_acc`` / ``shape_colour_acc`` on the
+held-out things, ``seen_kind_acc`` on training scenes the probe was not fitted on (scenes the base may have
+been pretrained on: a gap to ``shape_kind_acc`` is memorisation).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pancapchain.model.vision_pretrain import (  # noqa: E402
     load_pixels,
     patch_features,
     tag_vocabulary,
+    thing_shares,
 )
 
 
@@ -48,12 +55,14 @@ def probe(base: Path, train: Path, val: Path, images: int, steps: int, seed: int
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(base, local_files_only=True, use_safetensors=True).eval()
     processor = AutoProcessor.from_pretrained(base, local_files_only=True)
-    train_samples, val_samples = load_samples(train)[0][:images], load_samples(val)[0]
+    all_train, val_samples = load_samples(train)[0], load_samples(val)[0]
+    train_samples, seen_samples = all_train[:images], all_train[images : images + 400]
     vocab = tag_vocabulary(train_samples + val_samples)
     grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
     side = model.config.vision_config.image_size
     f_train = frozen_features(model, processor, train_samples, train.parent)
     f_val = frozen_features(model, processor, val_samples, val.parent)
+    f_seen = frozen_features(model, processor, seen_samples, train.parent)
     t_train, t_val = build_targets(train_samples, grid, vocab), build_targets(val_samples, grid, vocab)
     head = DenseHead(f_train.shape[-1], len(vocab), LOC_BINS + 1)
     optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
@@ -76,7 +85,51 @@ def probe(base: Path, train: Path, val: Path, images: int, steps: int, seed: int
         "base": str(base), "thing_patches": int(things.sum()),
         "coordinate_error_px": [round(float(v), 2) for v in error.mean(0)],
         "centre_error_px_p10_p50_p90": [round(float(v), 2) for v in centre.quantile(torch.tensor([0.1, 0.5, 0.9]))],
+        **shape_probe(f_train, train_samples, f_seen, seen_samples, f_val, val_samples, grid),
     }
+
+
+def pooled_things(features: torch.Tensor, samples, grid: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """(T, D) mask-weighted mean features of every thing of ``samples`` (features (N, G*G, D)), kinds, colours.
+
+    Synthetic thing tags read "<colour> <kind>"."""
+    pooled, kinds, colours = [], [], []
+    for sample, feats in zip(samples, features):
+        share, _ = thing_shares(sample, grid, {})
+        pooled.append(share @ feats)
+        tags = [e.tag.split() for e in sample.entities if e.is_thing]
+        kinds += [t[-1] for t in tags]
+        colours += [t[0] for t in tags]
+    return torch.cat(pooled), kinds, colours
+
+
+def linear_accuracy(x_fit: torch.Tensor, y_fit: list[str], tests: list[tuple[torch.Tensor, list[str]]],
+                    steps: int = 1500) -> list[float]:
+    """Fit a standardised linear classifier on (x_fit, y_fit); its accuracy on each (x, y) of ``tests``."""
+    labels = {name: i for i, name in enumerate(sorted(set(y_fit)))}
+    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-5
+    clf = torch.nn.Linear(x_fit.shape[1], len(labels))
+    optimizer = torch.optim.Adam(clf.parameters(), lr=1e-2, weight_decay=1e-4)
+    target = torch.tensor([labels[y] for y in y_fit])
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(clf((x_fit - mean) / std), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return [float((clf((x - mean) / std).argmax(-1) == torch.tensor([labels.get(v, -1) for v in y])).float().mean())
+                for x, y in tests]
+
+
+def shape_probe(f_train, train_samples, f_seen, seen_samples, f_val, val_samples, grid: int) -> dict:
+    """Kind and colour of whole things from their pooled frozen features (see the module docstring)."""
+    x_fit, k_fit, c_fit = pooled_things(f_train, train_samples, grid)
+    x_seen, k_seen, _ = pooled_things(f_seen, seen_samples, grid)
+    x_val, k_val, c_val = pooled_things(f_val, val_samples, grid)
+    kind_val, kind_seen = linear_accuracy(x_fit, k_fit, [(x_val, k_val), (x_seen, k_seen)])
+    (colour_val,) = linear_accuracy(x_fit, c_fit, [(x_val, c_val)])
+    return {"things": len(k_val), "shape_kind_acc": round(kind_val, 3), "kinds": len(set(k_fit)),
+            "shape_colour_acc": round(colour_val, 3), "seen_kind_acc": round(kind_seen, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from pancapchain.config import load_recipe
-from pancapchain.train import trainer as trainer_module
 from pancapchain.data.synth import write_dataset
+from pancapchain.train import trainer as trainer_module
 from pancapchain.train.run import build_run
 
 

@@ -9,7 +9,16 @@ from conftest import tiny_overrides, write_dataset
 from pancapchain.config import ConfigError, load_recipe
 from pancapchain.data.schema import Entity, PanopticSample
 from pancapchain.mask.rle import box_to_mask, encode_rle
-from pancapchain.model.vision_pretrain import PAD_CLASS, DenseHead, DenseTargets, dense_loss, patch_targets, tag_vocabulary
+from pancapchain.model.vision_pretrain import (
+    PAD_CLASS,
+    DenseHead,
+    DenseTargets,
+    build_targets,
+    dense_loss,
+    entity_loss,
+    patch_targets,
+    tag_vocabulary,
+)
 
 
 def _scene(width: int, height: int) -> PanopticSample:
@@ -55,6 +64,36 @@ def test_thing_weight_weighs_the_things_patches_in_both_losses():
     assert metrics["thing_acc"] == float(logits[0, 0].argmax() == classes[0, 0].argmax())
 
 
+def test_entity_targets_hold_each_shapes_patch_shares_and_tag():
+    scene, plain = _scene(64, 64), PanopticSample("plain", "images/y.png", 64, 64, (_scene(64, 64).entities[0],), "c")
+    vocab = tag_vocabulary([scene])
+    targets = build_targets([scene, plain], 4, vocab)
+    assert targets.entity_share.shape == (2, 1, 16) and targets.entity_class.tolist() == [[2], [-1]]
+    expected = torch.zeros(16)
+    expected[0] = 1.0  # the shape fills the first patch only
+    torch.testing.assert_close(targets.entity_share[0, 0], expected)
+    assert targets.take(torch.tensor([1])).entity_class.tolist() == [[-1]]
+
+
+def test_entity_loss_names_each_shape_from_its_pooled_features():
+    torch.manual_seed(0)
+    head = DenseHead(8, 3)
+    features = torch.randn(2, 4, 8)
+    share = torch.tensor([[[0.5, 0.5, 0, 0], [0, 0, 0, 0]], [[0, 0, 0.25, 0.75], [1.0, 0, 0, 0]]])
+    cls = torch.tensor([[2, -1], [1, 2]])
+    targets = DenseTargets(torch.softmax(torch.randn(2, 4, 3), -1), torch.rand(2, 4, 4), torch.ones(2, 4),
+                           torch.zeros(2, 4), share, cls)
+    ce, acc = entity_loss(head, features, targets)
+    pooled = torch.stack([features[0, :2].mean(0), 0.25 * features[1, 2] + 0.75 * features[1, 3], features[1, 0]])
+    logits = head.entity_classes(pooled)
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(logits, torch.tensor([2, 1, 2])))
+    assert acc == pytest.approx((logits.argmax(-1) == torch.tensor([2, 1, 2])).float().mean().item())
+    without, metrics = dense_loss(head, features, targets)
+    with_entities, metrics_e = dense_loss(head, features, targets, entity_weight=2.0)
+    torch.testing.assert_close(with_entities, without + 2.0 * ce)
+    assert "entity_acc" not in metrics and metrics_e["entity_acc"] == pytest.approx(acc)
+
+
 def test_patch_targets_on_the_padded_square():
     sample = _scene(64, 32)  # padded to 64x64: 16 px bars of padding above and below
     classes, boxes, weight, _ = patch_targets(sample, 4, tag_vocabulary([sample]))
@@ -76,10 +115,11 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     cfg = load_recipe("recipes/tiny_chain.yaml", tiny_overrides(train, tmp_path / "run", **{
         "lora.enabled": "false", "model.tiny.vision_feature_layer": "-1"}))
     out = tmp_path / "base"
-    report = pretrain_tiny(cfg, out, seconds=2.0, batch_size=4)
+    report = pretrain_tiny(cfg, out, seconds=2.0, batch_size=4, entity_weight=1.0)
     assert report["steps"] > 0 and report["images"] == 6 and (out / PRETRAIN_FILE).is_file()
     assert report["thing_weight"] == 4.0 and 0.0 <= report["thing_acc"] <= 1.0  # the default weighs shapes up
     assert report["box_head"] == "l1"  # the default; "bins" is run below
+    assert report["entity_weight"] == 1.0 and 0.0 <= report["entity_acc"] <= 1.0  # shapes named whole (option)
     assert (out / "model.safetensors").is_file()
 
     model = AutoModelForImageTextToText.from_pretrained(out, local_files_only=True, use_safetensors=True)

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--thing-weight", type=float, default=None,
                         help="weight of the patches a shape owns in the tag and owner-box losses, the others "
                              "weigh 1 (default: THING_WEIGHT of pancapchain.model.pretrain_tiny)")
+    parser.add_argument("--entity-weight", type=float, default=None,
+                        help="weight of the loss that names each shape from its pooled patch features, 0 = off "
+                             "(default: ENTITY_WEIGHT of pancapchain.model.pretrain_tiny)")
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides, e.g. data.train=...")
     parser.set_defaults(func=run)
 
@@ -38,18 +41,22 @@ def run(args: argparse.Namespace) -> int:
     preflight.at_least(args.batch_size, 1, "--batch-size")
     if args.thing_weight is not None:
         preflight.at_least(args.thing_weight, 0, "--thing-weight")
+    if args.entity_weight is not None:
+        preflight.at_least(args.entity_weight, 0, "--entity-weight")
     cfg = load_recipe(args.recipe, args.overrides)
     preflight.existing_file(cfg.data.train, "data.train")
     preflight.output_dir(args.out, "--out")
-    from pancapchain.model.pretrain_tiny import THING_WEIGHT, pretrain_tiny
+    from pancapchain.model.pretrain_tiny import ENTITY_WEIGHT, THING_WEIGHT, pretrain_tiny
 
     weight = THING_WEIGHT if args.thing_weight is None else args.thing_weight
+    entity = ENTITY_WEIGHT if args.entity_weight is None else args.entity_weight
     report = pretrain_tiny(cfg, args.out, args.seconds, lr=args.lr, batch_size=args.batch_size,
-                          box_head=args.box_head, thing_weight=weight)
+                          box_head=args.box_head, thing_weight=weight, entity_weight=entity)
+    whole = f", whole shapes {report['entity_acc']:.3f}" if "entity_acc" in report else ""
     print(
         f"pretrained the tiny vision tower: {report['steps']} steps in {report['seconds']} s on "
         f"{report['images']} images (patch tag accuracy {report['class_acc']:.3f}, on the shapes' patches "
-        f"{report['thing_acc']:.3f}, owner-box L1 "
+        f"{report['thing_acc']:.3f}{whole}, owner-box L1 "
         f"{report['box_l1']:.3f}); saved the base to {args.out} (total {report['total_seconds']} s)"
     )
     return 0

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 PRETRAIN_FILE = "pretrain_tiny.json"
 BOX_HEADS = ("bins", "l1")
 THING_WEIGHT = 4.0  # the shapes own few patches but are what the chain gets wrong (docs/learning_quality.md)
+# naming each whole shape from its pooled patches (the label stage's question): off by default, as it traded
+# the tower's boxes for its names and did not lift the chain beyond one training's spread (same doc)
+ENTITY_WEIGHT = 0.0
 
 
 def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
@@ -44,14 +47,15 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
 
 def pretrain_tiny(
     cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64, box_head: str = "l1",
-    thing_weight: float = THING_WEIGHT,
+    thing_weight: float = THING_WEIGHT, entity_weight: float = ENTITY_WEIGHT,
 ) -> dict:
     """Build the recipe's tiny base, pretrain its tower for ``seconds`` on ``data.train``, save it to ``out``.
 
     ``box_head``: "l1" regresses each owner-box coordinate, "bins" classifies it into the LOC_BINS + 1 positions
     of the location tokens (:class:`pancapchain.model.vision_pretrain.DenseHead`; a better tower probe, but
     lower PancapScores in the full benchmark: docs/learning_quality.md). ``thing_weight``: weight of the
-    patches a shape owns in the tag and box losses (the other patches weigh 1).
+    patches a shape owns in the tag and box losses (the other patches weigh 1). ``entity_weight``: weight of the
+    loss that names each shape from its mask-weighted mean patch feature (0 = off).
 
     Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
     """
@@ -77,7 +81,7 @@ def pretrain_tiny(
     prepared = time.monotonic() - started
     stats = pretrain_vision(model, pixels, targets, seconds=seconds, lr=lr, batch_size=batch_size,
                             seed=cfg.model.tiny.seed, box_bins=LOC_BINS + 1 if box_head == "bins" else 0,
-                            thing_weight=thing_weight)
+                            thing_weight=thing_weight, entity_weight=entity_weight)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -85,6 +89,7 @@ def pretrain_tiny(
         "task": f"dense patch tags + owner boxes, {box_head} head (pancapchain.model.vision_pretrain)",
         "data": str(cfg.data.train), "images": len(samples), "classes": len(vocab),
         "box_format": cfg.data.box_format, "box_head": box_head, "thing_weight": thing_weight,
+        "entity_weight": entity_weight,
         "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
         "prepare_seconds": round(prepared, 1), **stats,
         "total_seconds": round(time.monotonic() - started, 1),

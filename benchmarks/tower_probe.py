@@ -37,6 +37,7 @@ from pancapchain.model.vision_pretrain import (  # noqa: E402
     dense_loss,
     load_pixels,
     patch_features,
+    patch_shares,
     tag_vocabulary,
     thing_shares,
 )
@@ -95,7 +96,7 @@ def pooled_things(features: torch.Tensor, samples, grid: int) -> tuple[torch.Ten
     Synthetic thing tags read "<colour> <kind>"."""
     pooled, kinds, colours = [], [], []
     for sample, feats in zip(samples, features):
-        share, _ = thing_shares(sample, grid, {})
+        share, _ = thing_shares(sample, patch_shares(sample, grid), {})
         pooled.append(share @ feats)
         tags = [e.tag.split() for e in sample.entities if e.is_thing]
         kinds += [t[-1] for t in tags]

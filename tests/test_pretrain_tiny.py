@@ -92,6 +92,9 @@ def test_entity_loss_names_each_shape_from_its_pooled_features():
     with_entities, metrics_e = dense_loss(head, features, targets, entity_weight=2.0)
     torch.testing.assert_close(with_entities, without + 2.0 * ce)
     assert "entity_acc" not in metrics and metrics_e["entity_acc"] == pytest.approx(acc)
+    bare = DenseTargets(targets.classes, targets.boxes, targets.box_weight, targets.thing)
+    with pytest.raises(ValueError, match="entity shares"):
+        dense_loss(head, features, bare, entity_weight=1.0)
 
 
 def test_patch_targets_on_the_padded_square():

@@ -67,10 +67,8 @@ def tag_vocabulary(samples: Sequence[PanopticSample]) -> dict[str, int]:
     return {PAD_CLASS: 0, **{tag: i + 1 for i, tag in enumerate(tags)}}
 
 
-def patch_targets(
-    sample: PanopticSample, grid: int, vocab: dict[str, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One sample's targets: classes (G*G, C), boxes (G*G, 4) on the padded square, box_weight (G*G,), thing (G*G,)."""
+def patch_shares(sample: PanopticSample, grid: int) -> np.ndarray:
+    """(N + 1, G*G): the share of each patch of the padded square that each entity covers, then the image."""
     h, w = sample.height, sample.width
     masks = np.stack(
         [
@@ -79,7 +77,17 @@ def patch_targets(
         ]
         + [np.ones((h, w), dtype=bool)]
     )
-    shares = masks_to_square(masks, grid, binary=False).reshape(len(masks), grid * grid)  # (N+1, G*G)
+    return masks_to_square(masks, grid, binary=False).reshape(len(masks), grid * grid)
+
+
+def patch_targets(
+    sample: PanopticSample, grid: int, vocab: dict[str, int], shares: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample's targets: classes (G*G, C), boxes (G*G, 4) on the padded square, box_weight (G*G,), thing (G*G,).
+
+    ``shares``: the sample's :func:`patch_shares` when the caller already has them."""
+    h, w = sample.height, sample.width
+    shares = patch_shares(sample, grid) if shares is None else shares
     image_share, shares = shares[-1], shares[:-1]
     classes = torch.zeros(grid * grid, len(vocab))
     classes[:, 0] = 1.0 - image_share
@@ -97,21 +105,24 @@ def patch_targets(
     return classes, boxes, (shares.max(0).values > 0.1).float(), thing_owns.any(0).float()
 
 
-def thing_shares(sample: PanopticSample, grid: int, vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sample's things: (T, G*G) share of each patch normalised over the patches (rows sum to 1), (T,) class."""
-    things = [e for e in sample.entities if e.is_thing]
-    if not things:
-        return torch.zeros(0, grid * grid), torch.zeros(0, dtype=torch.long)
-    h, w = sample.height, sample.width
-    masks = np.stack([decode_rle(e.mask, f"{sample.id} entity {e.id}") if e.mask is not None
-                      else box_to_mask(e.box, h, w) for e in things])
-    shares = torch.as_tensor(masks_to_square(masks, grid, binary=False), dtype=torch.float32).reshape(len(things), -1)
-    return shares / shares.sum(-1, keepdim=True).clamp_min(1e-6), torch.tensor([vocab.get(e.tag, 0) for e in things])
+def thing_shares(sample: PanopticSample, shares: np.ndarray, vocab: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample's things: (T, G*G) share of each patch normalised over the patches (rows sum to 1), (T,) class.
+
+    ``shares``: the sample's :func:`patch_shares`."""
+    rows = [i for i, e in enumerate(sample.entities) if e.is_thing]
+    if not rows:
+        return torch.zeros(0, shares.shape[-1]), torch.zeros(0, dtype=torch.long)
+    mine = torch.as_tensor(shares[rows], dtype=torch.float32)
+    tags = [vocab.get(sample.entities[i].tag, 0) for i in rows]
+    return mine / mine.sum(-1, keepdim=True).clamp_min(1e-6), torch.tensor(tags)
 
 
 def build_targets(samples: Sequence[PanopticSample], grid: int, vocab: dict[str, int]) -> DenseTargets:
-    parts = [patch_targets(s, grid, vocab) for s in tqdm(samples, desc="dense targets", leave=False)]
-    per_thing = [thing_shares(s, grid, vocab) for s in samples]
+    parts, per_thing = [], []
+    for sample in tqdm(samples, desc="dense targets", leave=False):
+        shares = patch_shares(sample, grid)  # the masks are decoded once for both kinds of targets
+        parts.append(patch_targets(sample, grid, vocab, shares))
+        per_thing.append(thing_shares(sample, shares, vocab))
     most = max([len(c) for _, c in per_thing] + [1])
     share = torch.zeros(len(samples), most, grid * grid)
     cls = torch.full((len(samples), most), -1, dtype=torch.long)
@@ -198,7 +209,9 @@ def dense_loss(
         "thing_acc": ((hit * targets.thing).sum() / targets.thing.sum().clamp_min(1)).item(),
     }
     loss = ce + (box_term * weight).sum() / weight.sum().clamp_min(1)
-    if entity_weight > 0 and targets.entity_share is not None:
+    if entity_weight > 0:
+        if targets.entity_share is None:
+            raise ValueError("entity_weight > 0 needs targets with entity shares (build_targets makes them)")
         ent_ce, metrics["entity_acc"] = entity_loss(head, features, targets)
         loss = loss + entity_weight * ent_ce
     return loss, metrics

@@ -7,6 +7,8 @@ BOX_CLOSE = "</box>"
 
 # The four PancapChain stages, in chain order.
 STAGES = ("localize", "label", "discover", "caption")
+# chain stages whose answer the ground truth can stand in for (pancapchain infer --oracle-through)
+ORACLE_STAGES = ("localize", "label", "discover")
 
 # Box-prompted tasks trained by the same model next to the chain (see pancapchain.data.box_tasks):
 # SGDiff SegCaptioning (box -> sentences about the boxed entity and its related entities, boxes inline)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from pancapchain.constants import DIRECT, STAGES
+from pancapchain.constants import DIRECT, ORACLE_STAGES, STAGES
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--skip-discover", dest="plan", action="store_const", const="no-discover",
                       help="the chain without stage 3 (localize -> label -> caption)")
     parser.set_defaults(plan="chain")
+    parser.add_argument("--oracle-through", choices=ORACLE_STAGES, default=None,
+                        help="take the answers of the stages up to this one from the ground truth of --data (a "
+                             "panoptic JSONL) instead of generating them: what the later stages do with perfect "
+                             "input (localize: every box; label: + every tag; discover: + nothing missing)")
     add_generation_args(parser)
     parser.set_defaults(func=_run)
 
@@ -75,6 +80,9 @@ def _preflight(args: argparse.Namespace) -> None:
     from pancapchain.infer.resume import check_resumable
 
     preflight.existing_path(args.data, "--data")
+    if args.oracle_through and (args.plan == "direct" or Path(args.data).is_dir()):
+        raise SystemExit("--oracle-through takes chain stages from the ground truth of a panoptic JSONL: "
+                         "drop --direct and give --data as a JSONL with entities")
     if args.image_root:
         preflight.existing_dir(args.image_root, "--image-root")
     preflight.output_file(args.out, "--out")
@@ -95,7 +103,8 @@ def _run(args: argparse.Namespace) -> int:
     state = process_state(args.device)  # None unless started by accelerate launch with several processes
     chain = load_chain(args.model, rank_device(state, args.device))
     summary = run_inference(chain, args.data, args.out, args.batch_size, generation_options(args),
-                            args.image_root or None, args.limit, plan=args.plan, state=state)
+                            args.image_root or None, args.limit, plan=args.plan, state=state,
+                            oracle_through=args.oracle_through)
     if summary is None:  # a rank other than 0: its rows were merged by rank 0
         return 0
     print(f"images: {summary['images_total']} (already done {summary['already_done']}, "

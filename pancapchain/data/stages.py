@@ -43,7 +43,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pancapchain.constants import BOX_TASKS, DIRECT, STAGES, TASKS
+from pancapchain.constants import BOX_TASKS, DIRECT, ORACLE_STAGES, STAGES, TASKS
 from pancapchain.data.box_tasks import NoTaskExample, build_box_task
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptSet
@@ -197,3 +197,30 @@ def _unique(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int
     for item in items:
         by_text.setdefault(format_items([item], codec, width, height), item)
     return list(by_text.values())
+
+
+
+def ground_truth_answers(
+    sample: PanopticSample, codec: BoxCodec, through: str, *, item_order: str = "caption"
+) -> dict[str, str]:
+    """The answers a perfect chain would give for the stages up to and including ``through``.
+
+    Written exactly as the training targets are (same items, order and repeat rule): localize = every box,
+    label = every tag + box, discover = "None" (with stage 2 given from the ground truth nothing is missing).
+    The chain runs with these in place of generated answers to measure what the later stages do with perfect
+    input (``pancapchain infer --oracle-through``). A sample with no entity answers "None" in every stage.
+    """
+    if through not in ORACLE_STAGES:
+        raise ValueError(f"oracle stages end at one of {ORACLE_STAGES}, not {through!r}")
+    if item_order not in ITEM_ORDERS:
+        raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
+    w, h = sample.width, sample.height
+    items = _unique(entity_items(sample), codec, w, h)
+    if item_order == "raster":
+        items = raster_order(items)
+    answers = {
+        "localize": format_items(_unique(box_only(items), codec, w, h), codec, w, h),
+        "label": format_items(items, codec, w, h),
+        "discover": format_items([], codec, w, h),
+    }
+    return {stage: answers[stage] for stage in ORACLE_STAGES[: ORACLE_STAGES.index(through) + 1]}

@@ -16,8 +16,10 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.schema import SampleError, resolve_image
+from pancapchain.data.stages import ground_truth_answers
 from pancapchain.errors import UserError
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
@@ -32,11 +34,19 @@ class InferItem:
     id: str
     path: Path
     image: str  # as given in the data (relative to the root)
+    given: dict[str, str] | None = None  # stage -> answer used instead of generating it (--oracle-through)
 
 
-def list_items(data: str | Path, image_root: str | Path | None, report: SkipReport) -> list[InferItem]:
-    """Items from a panoptic JSONL (ids and relative image paths) or from a directory of images (id = stem)."""
+def list_items(
+    data: str | Path, image_root: str | Path | None, report: SkipReport, oracle: tuple[BoxCodec, str] | None = None
+) -> list[InferItem]:
+    """Items from a panoptic JSONL (ids and relative image paths) or from a directory of images (id = stem).
+
+    ``oracle`` = (the model's box codec, last stage): each item carries its ground-truth answers for the stages
+    up to that one (:func:`pancapchain.data.stages.ground_truth_answers`); needs a JSONL."""
     data = Path(data)
+    if data.is_dir() and oracle:
+        raise UserError(f"--oracle-through needs a panoptic JSONL with entities, not the image folder {data}")
     if data.is_dir():
         files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         return [InferItem(p.relative_to(data).with_suffix("").as_posix(), p, p.relative_to(data).as_posix())
@@ -47,7 +57,8 @@ def list_items(data: str | Path, image_root: str | Path | None, report: SkipRepo
     items = []
     for s in samples:
         try:
-            items.append(InferItem(s.id, resolve_image(root, s.image, s.id), s.image))
+            given = ground_truth_answers(s, oracle[0], oracle[1]) if oracle else None
+            items.append(InferItem(s.id, resolve_image(root, s.image, s.id), s.image, given))
         except SampleError as err:
             report.skip(s.id, f"bad image path: {err.problem}")
     return items
@@ -77,18 +88,22 @@ def run_inference(
     limit: int = 0,
     plan: str = "chain",
     state=None,
+    oracle_through: str | None = None,
 ) -> dict | None:
     """Chain every image of ``data`` into ``out`` (JSONL); returns a summary also written to ``<out>.summary.json``.
 
     ``plan``: which stages run (``pancapchain.infer.chain.PLANS``: chain, no-discover, direct). ``state``: an
     accelerate ``PartialState`` of a multi-process launch (each rank chains its shard, rank 0 merges and gets
-    the summary; the other ranks get None), see :mod:`pancapchain.infer.parallel`.
+    the summary; the other ranks get None), see :mod:`pancapchain.infer.parallel`. ``oracle_through``: the
+    stages up to this one take the ground truth's answers instead of generating them (chain plans only).
     """
     if batch_size < 1:
         raise UserError(f"batch size {batch_size}: must be >= 1")
     out = Path(out)
     report = SkipReport(what="images")
-    items = list_items(data, image_root, report)
+    if oracle_through and plan == "direct":
+        raise UserError("--oracle-through gives chain stages: direct captioning has none to give")
+    items = list_items(data, image_root, report, (chain.codec, oracle_through) if oracle_through else None)
     if limit > 0:
         items = items[:limit]
 
@@ -100,6 +115,7 @@ def run_inference(
         return None
     summary = merge_summaries(summaries, len(items))
     summary["plan"] = plan
+    summary["oracle_through"] = oracle_through  # stages given from the ground truth (None: all generated)
     summary["options"] = asdict(options or GenerationOptions())  # the decoding settings, next to the outputs
     atomic_write_json(out.with_suffix(".summary.json"), summary)
     return summary
@@ -116,7 +132,8 @@ def _chain_items(chain: PancapChain, todo: list[InferItem], path: Path, batch_si
             states = [s for s in (_open(it, report) for it in batch) if s is not None]
             if states:
                 for item, pred in zip([it for it in batch if it.id in {s.id for s in states}],
-                                      chain.run(states, options, timings=timings, plan=plan)):
+                                      chain.run(states, options, [_given(batch, s) for s in states],
+                                                timings=timings, plan=plan)):
                     pred.image = item.image
                     append_line(path, pred.to_dict())
                     written += 1
@@ -124,6 +141,10 @@ def _chain_items(chain: PancapChain, todo: list[InferItem], path: Path, batch_si
                         truncated[stage] = truncated.get(stage, 0) + int(record.truncated)
             bar.update(len(batch))
     return {"written": written, "skipped": report.to_dict()["skipped"], "timings": timings, "truncated": truncated}
+
+
+def _given(batch: list[InferItem], state: ChainState) -> dict[str, str]:
+    return next((it.given or {} for it in batch if it.id == state.id), {})
 
 
 def merge_summaries(summaries: list[dict], images_total: int) -> dict:

@@ -76,11 +76,15 @@ def pretrain(proto: Protocol, data: dict[str, Path], out: Path) -> tuple[list[st
         return [], 0.0
     base = out / "base"
     want = {"seconds": proto.pretrain_seconds, "recipe": str(proto.recipe), "train": str(data["train"])}
+    if proto.lm_pretrain_seconds > 0:  # the key is absent otherwise, so earlier bases still match
+        want["lm_seconds"] = proto.lm_pretrain_seconds
     stamp = base / "protocol.json"
     if not stamp.exists() or json.loads(stamp.read_text()) != want:
-        print(f"== pretrain-tiny: {proto.pretrain_seconds:.0f} s", flush=True)
+        print(f"== pretrain-tiny: {proto.pretrain_seconds:.0f} s + language model {proto.lm_pretrain_seconds:.0f} s",
+              flush=True)
         run([sys.executable, "-m", "pancapchain", "pretrain-tiny", "--recipe", str(proto.recipe), "--out", str(base),
-             "--seconds", str(proto.pretrain_seconds), f"data.train={data['train']}"], out / "pretrain.log")
+             "--seconds", str(proto.pretrain_seconds), "--lm-seconds", str(proto.lm_pretrain_seconds),
+             f"data.train={data['train']}"], out / "pretrain.log")
         atomic_write_json(stamp, want)
     seconds = json.loads((base / "pretrain_tiny.json").read_text())["total_seconds"]
     return [f"model.base={base}"], float(seconds)

@@ -16,8 +16,9 @@ import yaml
 from pancapchain.config import RecipeConfig, load_recipe
 
 PLANS = ("chain", "no-discover", "direct")  # pancapchain.infer.chain.PLANS (not imported: no torch here)
-_TOP_KEYS = {"recipe", "budget_seconds", "pretrain_seconds", "data", "loss_rows", "infer_batch_size", "variants"}
-_OPTIONAL_KEYS = {"pretrain_seconds"}
+_TOP_KEYS = {"recipe", "budget_seconds", "pretrain_seconds", "lm_pretrain_seconds", "data", "loss_rows",
+             "infer_batch_size", "variants"}
+_OPTIONAL_KEYS = {"pretrain_seconds", "lm_pretrain_seconds"}
 _VARIANT_KEYS = {"plan", "overrides", "eval_sets"}
 _SET_KEYS = {"n", "seed", "size"}
 
@@ -56,10 +57,13 @@ class Protocol:
     # > 0: `pancapchain pretrain-tiny` builds one base for every variant first; its seconds come out of each
     # variant's budget (the variant trains for budget_seconds - pretrain_seconds on top of that base)
     pretrain_seconds: float = 0.0
+    # > 0: that base's language model is then pretrained on the caption rows without images (pretrain-tiny
+    # --lm-seconds); these seconds come out of each variant's budget too
+    lm_pretrain_seconds: float = 0.0
 
     @property
     def train_seconds(self) -> float:
-        return self.budget_seconds - self.pretrain_seconds
+        return self.budget_seconds - self.pretrain_seconds - self.lm_pretrain_seconds
 
     def recipe_for(self, variant: Variant, extra: list[str] | None = None) -> RecipeConfig:
         """The validated recipe of ``variant`` (raises ConfigError naming every problem)."""
@@ -82,12 +86,19 @@ def load_protocol(path: str | Path, root: str | Path = ".") -> Protocol:
         problems.append("data needs a 'train' set")
     variants = {name: _variant(name, spec, set(data) - {"train"}, problems) for name, spec in raw["variants"].items()}
     budget, pretrain = float(raw["budget_seconds"]), float(raw.get("pretrain_seconds", 0) or 0)
+    lm = float(raw.get("lm_pretrain_seconds", 0) or 0)
     if budget <= 0:
         problems.append("budget_seconds must be > 0")
     if not 0 <= pretrain < budget:
         problems.append(f"pretrain_seconds must be >= 0 and below budget_seconds ({budget:g}), not {pretrain:g}")
+    if lm < 0 or (lm > 0 and pretrain <= 0):
+        problems.append(f"lm_pretrain_seconds ({lm:g}) must be >= 0, and > 0 only with pretrain_seconds > 0 (it "
+                        "pretrains the language model of that base)")
+    elif pretrain + lm >= budget:
+        problems.append(f"pretrain_seconds + lm_pretrain_seconds ({pretrain + lm:g}) must stay below "
+                        f"budget_seconds ({budget:g}): the variants need time to train")
     proto = Protocol(Path(root) / raw["recipe"], budget, data, int(raw["loss_rows"]), int(raw["infer_batch_size"]),
-                     variants, pretrain)
+                     variants, pretrain, lm)
     for variant in variants.values():
         try:
             proto.recipe_for(variant)

@@ -19,7 +19,7 @@ $PY -m pancapchain synth --out "$DATA/val" --n-train 0 --n-val "${DEMO_N_VAL:-20
 RECIPE=${DEMO_RECIPE:-recipes/tiny_chain.yaml}
 echo "== 2/6 pretrain the tiny base's vision tower (${DEMO_PRETRAIN_SECONDS:-90} s) -> $RUN-base"
 $PY -m pancapchain pretrain-tiny --recipe "$RECIPE" --out "$RUN-base" --seconds "${DEMO_PRETRAIN_SECONDS:-90}" \
-  data.train="$DATA/train/train.jsonl" "$@"
+  --lm-seconds "${DEMO_LM_SECONDS:-0}" data.train="$DATA/train/train.jsonl" "$@"
 
 echo "== 3/6 train the tiny chain recipe (with mask head) on that base -> $RUN"
 $PY train.py --recipe "$RECIPE" model.base="$RUN-base" data.train="$DATA/train/train.jsonl" \

@@ -96,6 +96,15 @@ def test_the_ablation_protocol_validates_every_variant(tmp_path):
     text = str(err.value)
     assert "plan 'sideways'" in text and "eval set 'val'" in text and "data.nope" in text
     assert "pretrain_seconds must be >= 0 and below budget_seconds (10)" in text
+    lm = dict(bad, pretrain_seconds=4, lm_pretrain_seconds=6, variants={})
+    path.write_text(json.dumps(lm))
+    with pytest.raises(ProtocolError, match=r"pretrain_seconds \+ lm_pretrain_seconds \(10\) must stay below"):
+        load_protocol(path, ROOT)
+    path.write_text(json.dumps(dict(lm, budget_seconds=30)))
+    assert load_protocol(path, ROOT).train_seconds == 20  # both pretraining shares come out of the budget
+    path.write_text(json.dumps(dict(lm, budget_seconds=30, pretrain_seconds=0)))
+    with pytest.raises(ProtocolError, match="only with pretrain_seconds > 0"):
+        load_protocol(path, ROOT)
 
 
 def test_raster_order_lists_items_top_band_first_then_left_to_right():

@@ -136,6 +136,13 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     assert moved, "pretraining left the vision tower unchanged"
     lm = dict(model.model.language_model.named_parameters())
     assert all(torch.equal(p, lm[n]) for n, p in random_base.model.language_model.named_parameters())
+    assert report["lm_pretrain_seconds"] == 0.0 and "lm_steps" not in report  # off by default
+
+    with_lm = pretrain_tiny(cfg, tmp_path / "base_lm", seconds=1.0, batch_size=4, lm_seconds=1.0)
+    assert with_lm["lm_steps"] > 0 and with_lm["lm_rows"] == 6 and with_lm["lm_pretrain_seconds"] == 1.0
+    lm_trained = AutoModelForImageTextToText.from_pretrained(tmp_path / "base_lm", local_files_only=True)
+    moved_lm = dict(lm_trained.model.language_model.named_parameters())
+    assert any(not torch.equal(p, moved_lm[n]) for n, p in random_base.model.language_model.named_parameters())
 
     binned = pretrain_tiny(cfg, tmp_path / "base_bins", seconds=1.0, batch_size=4, box_head="bins")
     assert binned["box_head"] == "bins" and binned["steps"] > 0 and 0.0 <= binned["box_l1"] <= 4.0

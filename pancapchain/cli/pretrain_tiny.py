@@ -28,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--entity-weight", type=float, default=None,
                         help="weight of the loss that names each shape from its pooled patch features, 0 = off "
                              "(default: ENTITY_WEIGHT of pancapchain.model.pretrain_tiny)")
+    parser.add_argument("--lm-seconds", type=float, default=None,
+                        help="then train the language model on the caption rows without their images for this "
+                             "long, so it learns to copy the listed tags and boxes, 0 = off (default: LM_SECONDS "
+                             "of pancapchain.model.pretrain_tiny)")
     parser.add_argument("overrides", nargs="*", help="recipe key=value overrides, e.g. data.train=...")
     parser.set_defaults(func=run)
 
@@ -43,16 +47,22 @@ def run(args: argparse.Namespace) -> int:
         preflight.at_least(args.thing_weight, 0, "--thing-weight")
     if args.entity_weight is not None:
         preflight.at_least(args.entity_weight, 0, "--entity-weight")
+    if args.lm_seconds is not None:
+        preflight.at_least(args.lm_seconds, 0, "--lm-seconds")
     cfg = load_recipe(args.recipe, args.overrides)
     preflight.existing_file(cfg.data.train, "data.train")
     preflight.output_dir(args.out, "--out")
-    from pancapchain.model.pretrain_tiny import ENTITY_WEIGHT, THING_WEIGHT, pretrain_tiny
+    from pancapchain.model.pretrain_tiny import ENTITY_WEIGHT, LM_SECONDS, THING_WEIGHT, pretrain_tiny
 
     weight = THING_WEIGHT if args.thing_weight is None else args.thing_weight
     entity = ENTITY_WEIGHT if args.entity_weight is None else args.entity_weight
     report = pretrain_tiny(cfg, args.out, args.seconds, lr=args.lr, batch_size=args.batch_size,
-                          box_head=args.box_head, thing_weight=weight, entity_weight=entity)
+                          box_head=args.box_head, thing_weight=weight, entity_weight=entity,
+                          lm_seconds=LM_SECONDS if args.lm_seconds is None else args.lm_seconds)
     whole = f", whole shapes {report['entity_acc']:.3f}" if "entity_acc" in report else ""
+    if "lm_steps" in report:
+        whole += (f"; language model: {report['lm_steps']} steps on {report['lm_rows']} caption rows without "
+                  f"images, answer-token accuracy {report['lm_answer_acc']:.3f}")
     print(
         f"pretrained the tiny vision tower: {report['steps']} steps in {report['seconds']} s on "
         f"{report['images']} images (patch tag accuracy {report['class_acc']:.3f}, on the shapes' patches "

@@ -7,21 +7,24 @@ from collections.abc import Sequence
 from transformers import ProcessorMixin
 
 
-def stage_messages(prompt: str, system: str | None = None) -> list[dict]:
+def stage_messages(prompt: str, system: str | None = None, image: bool = True) -> list[dict]:
     """Chat messages of one single-turn stage: (system) + user turn with the image and the prompt.
 
     ``system=None`` leaves the system text to the chat template's default; ``""`` asks for none.
+    ``image=False``: the same turn without the image (text-only pretraining of the language model).
     """
     messages: list[dict] = []
     if system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
-    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]})
+    picture = [{"type": "image"}] if image else []
+    messages.append({"role": "user", "content": [*picture, {"type": "text", "text": prompt}]})
     return messages
 
 
-def render_prompt(processor: ProcessorMixin, prompt: str, system: str | None = None) -> str:
+def render_prompt(processor: ProcessorMixin, prompt: str, system: str | None = None, image: bool = True) -> str:
     """The exact text fed to the model before the answer (ends with the generation prompt)."""
-    return processor.apply_chat_template(stage_messages(prompt, system), add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(stage_messages(prompt, system, image), add_generation_prompt=True,
+                                         tokenize=False)
 
 
 def completion_text(target: str) -> str:
@@ -56,6 +59,17 @@ def stage_token_ids(
     tok = processor.tokenizer
     texts = [expand_image_tokens(processor, render_prompt(processor, p, system), h, w)
              for p, (h, w) in zip(prompts, sizes)]
+    prompt_ids = tok(texts, add_special_tokens=True)["input_ids"] if texts else []
+    answer_ids = tok([completion_text(t) for t in targets], add_special_tokens=False)["input_ids"] if targets else []
+    return [(list(p), [*a, tok.eos_token_id]) for p, a in zip(prompt_ids, answer_ids)]
+
+
+def text_token_ids(
+    processor: ProcessorMixin, prompts: Sequence[str], targets: Sequence[str], system: str | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """:func:`stage_token_ids` without the image: the same chat turn and answer ids, no image token."""
+    tok = processor.tokenizer
+    texts = [render_prompt(processor, p, system, image=False) for p in prompts]
     prompt_ids = tok(texts, add_special_tokens=True)["input_ids"] if texts else []
     answer_ids = tok([completion_text(t) for t in targets], add_special_tokens=False)["input_ids"] if targets else []
     return [(list(p), [*a, tok.eos_token_id]) for p, a in zip(prompt_ids, answer_ids)]

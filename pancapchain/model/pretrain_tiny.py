@@ -2,8 +2,10 @@
 
 The folder is a base like any local LLaVA checkpoint (``model.base: <folder>`` in a recipe): config +
 safetensors weights + processor (the tokenizer, with the bins format's ``<loc_i>`` tokens when the recipe uses
-them). Only the vision tower is pretrained (:mod:`pancapchain.model.vision_pretrain`); the projector and the
-language model keep their seeded random init, as a LLaVA base keeps a projector to be trained.
+them). The vision tower is pretrained (:mod:`pancapchain.model.vision_pretrain`); with ``lm_seconds > 0`` the
+language model is then pretrained on the caption rows without their images
+(:mod:`pancapchain.model.language_pretrain`); the projector keeps its seeded random init, as a LLaVA base keeps
+a projector to be trained.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pancapchain.constants import DIRECT, LOC_BINS, STAGES
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import atomic_write_json, load_samples
 from pancapchain.data.prompts import recipe_prompts
+from pancapchain.data.stages import StageExample
 from pancapchain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -27,11 +30,14 @@ THING_WEIGHT = 4.0  # the shapes own few patches but are what the chain gets wro
 # naming each whole shape from its pooled patches (the label stage's question): off by default, as it traded
 # the tower's boxes for its names and did not lift the chain beyond one training's spread (same doc)
 ENTITY_WEIGHT = 0.0
+# text-only caption rows for the language model: off by default, as the copying it taught did not lift the chain
+# end to end within the same minutes (docs/learning_quality.md, "What the caption stage copies")
+LM_SECONDS = 0.0
 
 
-def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
+def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str], list[StageExample]]:
     """The texts the tiny tokenizer is trained on (every chain stage + direct, so one base serves every
-    variant's recipe) and the ids of the samples that passed validation."""
+    variant's recipe), the ids of the samples that passed validation, and their caption-stage examples."""
     from pancapchain.train.dataset import collect_stage_examples
 
     prompts = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt)
@@ -42,12 +48,13 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str]]:
         item_order=cfg.data.item_order,
     )
     texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, *_ in triples]
-    return texts, {ex.sample_id for ex, *_ in triples}
+    captions = [ex for ex, *_ in triples if ex.stage == "caption"]
+    return texts, {ex.sample_id for ex, *_ in triples}, captions
 
 
 def pretrain_tiny(
     cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64, box_head: str = "l1",
-    thing_weight: float = THING_WEIGHT, entity_weight: float = ENTITY_WEIGHT,
+    thing_weight: float = THING_WEIGHT, entity_weight: float = ENTITY_WEIGHT, lm_seconds: float = LM_SECONDS,
 ) -> dict:
     """Build the recipe's tiny base, pretrain its tower for ``seconds`` on ``data.train``, save it to ``out``.
 
@@ -55,7 +62,8 @@ def pretrain_tiny(
     of the location tokens (:class:`pancapchain.model.vision_pretrain.DenseHead`; a better tower probe, but
     lower PancapScores in the full benchmark: docs/learning_quality.md). ``thing_weight``: weight of the
     patches a shape owns in the tag and box losses (the other patches weigh 1). ``entity_weight``: weight of the
-    loss that names each shape from its mask-weighted mean patch feature (0 = off).
+    loss that names each shape from its mask-weighted mean patch feature (0 = off). ``lm_seconds``: then train
+    the language model for that long on the caption rows without images (0 = off).
 
     Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
     """
@@ -68,7 +76,7 @@ def pretrain_tiny(
         raise UserError(f"pretrain-tiny builds the tiny base: the recipe's model.base is {cfg.model.base!r}, "
                         "not 'tiny'")
     started = time.monotonic()
-    texts, kept = tokenizer_texts(cfg)
+    texts, kept, captions = tokenizer_texts(cfg)
     samples = [s for s in load_samples(cfg.data.train)[0] if s.id in kept]
     if not samples:
         raise UserError(f"pretrain-tiny: no usable sample in {cfg.data.train}")
@@ -82,6 +90,8 @@ def pretrain_tiny(
     stats = pretrain_vision(model, pixels, targets, seconds=seconds, lr=lr, batch_size=batch_size,
                             seed=cfg.model.tiny.seed, box_bins=LOC_BINS + 1 if box_head == "bins" else 0,
                             thing_weight=thing_weight, entity_weight=entity_weight)
+    if lm_seconds > 0:
+        stats.update(pretrain_caption_text(model, processor, cfg, captions, lm_seconds))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -89,10 +99,25 @@ def pretrain_tiny(
         "task": f"dense patch tags + owner boxes, {box_head} head (pancapchain.model.vision_pretrain)",
         "data": str(cfg.data.train), "images": len(samples), "classes": len(vocab),
         "box_format": cfg.data.box_format, "box_head": box_head, "thing_weight": thing_weight,
-        "entity_weight": entity_weight,
+        "entity_weight": entity_weight, "lm_pretrain_seconds": lm_seconds,
         "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
         "prepare_seconds": round(prepared, 1), **stats,
         "total_seconds": round(time.monotonic() - started, 1),
     }
     atomic_write_json(out / PRETRAIN_FILE, report)
     return report
+
+
+def pretrain_caption_text(model, processor, cfg: RecipeConfig, captions: list[StageExample], seconds: float) -> dict:
+    """Train the language model on the caption-stage examples without their images (the chat turn as training
+    renders it, image dropped) for ``seconds``; the run's figures."""
+    from pancapchain.model.chat import text_token_ids
+    from pancapchain.model.language_pretrain import pretrain_language
+
+    if not captions:
+        raise UserError(f"pretrain-tiny: --lm-seconds needs captions, and no sample of {cfg.data.train} has one")
+    system = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt).system
+    rows = text_token_ids(processor, [ex.prompt for ex in captions], [ex.target for ex in captions], system)
+    tok = processor.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return pretrain_language(model, rows, pad, seconds=seconds, seed=cfg.model.tiny.seed)

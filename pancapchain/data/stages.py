@@ -142,9 +142,7 @@ def build_stage_examples(
     lo, hi = discover_ratio
     if item_order not in ITEM_ORDERS:
         raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
-    items = _unique(entity_items(sample), codec, sample.width, sample.height)
-    if item_order == "raster":
-        items = raster_order(items)
+    items = _ordered_items(sample, codec, item_order)
     out = []
     for stage in stages:
         if stage in BOX_TASKS:
@@ -199,6 +197,11 @@ def _unique(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int
     return list(by_text.values())
 
 
+def _ordered_items(sample: PanopticSample, codec: BoxCodec, item_order: str) -> list[StageItem]:
+    """The sample's items as the stage targets list them: repeats dropped, in ``item_order``."""
+    items = _unique(entity_items(sample), codec, sample.width, sample.height)
+    return raster_order(items) if item_order == "raster" else items
+
 
 def ground_truth_answers(
     sample: PanopticSample, codec: BoxCodec, through: str, *, item_order: str = "caption"
@@ -215,9 +218,7 @@ def ground_truth_answers(
     if item_order not in ITEM_ORDERS:
         raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
     w, h = sample.width, sample.height
-    items = _unique(entity_items(sample), codec, w, h)
-    if item_order == "raster":
-        items = raster_order(items)
+    items = _ordered_items(sample, codec, item_order)
     answers = {
         "localize": format_items(_unique(box_only(items), codec, w, h), codec, w, h),
         "label": format_items(items, codec, w, h),

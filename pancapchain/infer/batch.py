@@ -131,8 +131,9 @@ def _chain_items(chain: PancapChain, todo: list[InferItem], path: Path, batch_si
         for batch in _batches(todo, batch_size):
             states = [s for s in (_open(it, report) for it in batch) if s is not None]
             if states:
+                given = {it.id: it.given or {} for it in batch}
                 for item, pred in zip([it for it in batch if it.id in {s.id for s in states}],
-                                      chain.run(states, options, [_given(batch, s) for s in states],
+                                      chain.run(states, options, [given[s.id] for s in states],
                                                 timings=timings, plan=plan)):
                     pred.image = item.image
                     append_line(path, pred.to_dict())
@@ -141,10 +142,6 @@ def _chain_items(chain: PancapChain, todo: list[InferItem], path: Path, batch_si
                         truncated[stage] = truncated.get(stage, 0) + int(record.truncated)
             bar.update(len(batch))
     return {"written": written, "skipped": report.to_dict()["skipped"], "timings": timings, "truncated": truncated}
-
-
-def _given(batch: list[InferItem], state: ChainState) -> dict[str, str]:
-    return next((it.given or {} for it in batch if it.id == state.id), {})
 
 
 def merge_summaries(summaries: list[dict], images_total: int) -> dict:

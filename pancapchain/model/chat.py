@@ -56,20 +56,23 @@ def stage_token_ids(
     ``sizes``, as inference feeds it; the collator's input_ids are prompt + answer and the dataset's ``length``
     column is their total length, so the two cannot disagree.
     """
-    tok = processor.tokenizer
     texts = [expand_image_tokens(processor, render_prompt(processor, p, system), h, w)
              for p, (h, w) in zip(prompts, sizes)]
-    prompt_ids = tok(texts, add_special_tokens=True)["input_ids"] if texts else []
-    answer_ids = tok([completion_text(t) for t in targets], add_special_tokens=False)["input_ids"] if targets else []
-    return [(list(p), [*a, tok.eos_token_id]) for p, a in zip(prompt_ids, answer_ids)]
+    return _prompt_answer_ids(processor, texts, targets)
 
 
 def text_token_ids(
     processor: ProcessorMixin, prompts: Sequence[str], targets: Sequence[str], system: str | None = None
 ) -> list[tuple[list[int], list[int]]]:
     """:func:`stage_token_ids` without the image: the same chat turn and answer ids, no image token."""
+    return _prompt_answer_ids(processor, [render_prompt(processor, p, system, image=False) for p in prompts], targets)
+
+
+def _prompt_answer_ids(
+    processor: ProcessorMixin, texts: Sequence[str], targets: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
+    """Rendered prompt texts + answers -> (prompt ids, answer ids + EOS) per example."""
     tok = processor.tokenizer
-    texts = [render_prompt(processor, p, system, image=False) for p in prompts]
-    prompt_ids = tok(texts, add_special_tokens=True)["input_ids"] if texts else []
+    prompt_ids = tok(list(texts), add_special_tokens=True)["input_ids"] if texts else []
     answer_ids = tok([completion_text(t) for t in targets], add_special_tokens=False)["input_ids"] if targets else []
     return [(list(p), [*a, tok.eos_token_id]) for p, a in zip(prompt_ids, answer_ids)]

@@ -37,6 +37,15 @@ def test_text_rows_are_the_training_rows_without_the_image(tmp_path):
     assert tok.decode(text_only) == shown.replace("USER: \n", "USER: ", 1) != shown
 
 
+def test_language_pretraining_refuses_an_empty_run():
+    import pytest
+
+    with pytest.raises(ValueError, match="at least one text row"):
+        pretrain_language(None, [], 0, seconds=1.0)
+    with pytest.raises(ValueError, match="seconds > 0 or max_steps > 0"):
+        pretrain_language(None, [([1], [2])], 0, seconds=0)
+
+
 def test_pad_rows_supervises_only_the_answers():
     ids, mask, labels = pad_rows([([5, 6, 7], [8, 9]), ([1], [2])], pad_id=0)
     assert ids.tolist() == [[5, 6, 7, 8, 9], [1, 2, 0, 0, 0]]

@@ -78,6 +78,8 @@ def pretrain_language(
     """
     if not rows:
         raise ValueError("language pretraining needs at least one text row")
+    if seconds <= 0 and max_steps <= 0:
+        raise ValueError("language pretraining needs seconds > 0 or max_steps > 0")
     picker = random.Random(seed)
     torch.manual_seed(seed)
     params = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, LOC_TOKENS, STAGES, TASKS
+from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, LABEL_ANSWERS, LOC_TOKENS, STAGES, TASKS
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
 PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -111,6 +111,12 @@ class DataSection:
     item_order: str = doc(
         "order of the items in stage 1-3 answers: caption (entity order, the paper's data) or raster (reading "
         "order: top band, then left to right)", "caption")
+    label_answer: str = doc(
+        "how stage-2 answers write an item: tag_first (tag <box>..</box>, the paper's) or box_first (<box>..</box> "
+        "tag: with data.box_features the tag is written right after the box that shows it)", "tag_first")
+    box_features: bool = doc(
+        "add to each </box> token's input embedding the mean image feature inside its box, in prompts and answers "
+        "(GPT4RoI/Osprey-style region features; pancapchain.model.box_features)", False)
     max_length: int = doc("longest tokenized row (image tokens included); longer rows are dropped and reported",
                           2048)
     strict: bool = doc("fail on the first bad record instead of skipping and reporting it", False)
@@ -232,6 +238,11 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append(f"data.box_format must be one of {BOX_FORMATS}")
     if m.tiny.vision_position_init not in ("random", "sincos"):
         problems.append(f"model.tiny.vision_position_init must be random or sincos, not {m.tiny.vision_position_init!r}")
+    if d.label_answer not in LABEL_ANSWERS:
+        problems.append(f"data.label_answer must be one of {LABEL_ANSWERS}, not {d.label_answer!r}")
+    if d.box_features and d.box_format == "normalized":
+        problems.append("data.box_features=true needs boxes on the padded square (box_format bins or asmv2), "
+                        "not normalized")
     if d.item_order not in ("caption", "raster"):
         problems.append(f"data.item_order must be caption or raster, not {d.item_order!r}")
     if d.box_format == "bins" and m.base != "tiny" and not base_has_loc_tokens(m.base):

@@ -35,3 +35,6 @@ LOC_BINS = 32
 LOC_TOKENS = tuple(f"<loc_{i}>" for i in range(LOC_BINS + 1))
 
 DISCOVER_NONE = "None"
+
+# How a stage-2 (label) answer writes an item: "tag <box>..</box>" (the paper's) or "<box>..</box> tag".
+LABEL_ANSWERS = ("tag_first", "box_first")

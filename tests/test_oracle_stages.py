@@ -27,6 +27,16 @@ def test_ground_truth_answers_are_the_training_targets(tmp_path):
         ground_truth_answers(sample, codec, "caption")
 
 
+def test_box_first_oracle_answers_are_the_box_first_training_targets(tmp_path):
+    codec = BoxCodec("bins")
+    for sample in load_samples(write_dataset(tmp_path / "data", n=2))[0]:
+        [label] = build_stage_examples(sample, load_prompts("v1"), codec, stages=("label",), label_answer="box_first")
+        assert label.target.startswith("<box>") and not label.target.endswith("</box>")
+        assert ground_truth_answers(sample, codec, "label", label_answer="box_first")["label"] == label.target
+    with pytest.raises(ValueError, match="label_answer must be one of"):
+        ground_truth_answers(sample, codec, "label", label_answer="sideways")
+
+
 def test_infer_takes_the_given_stages_and_generates_the_rest(tiny_checkpoint, tmp_path, one_thread):
     data = write_dataset(tmp_path / "data", n=2)
     out = tmp_path / "preds.jsonl"

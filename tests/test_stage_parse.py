@@ -191,3 +191,22 @@ def test_fuzz_every_well_formed_item_survives_interleaved_garbage(stage, fmt, ra
     assert list(out.items) == list(dict.fromkeys(expected))
     assert out.duplicates == len(expected) - len(set(expected))
     assert all(fragment.strip(" \t\r\n,;") for fragment in out.malformed)
+
+
+def test_box_first_items_parse_to_the_same_items_as_tag_first():
+    items = [item("red circle", 1, 2, 3, 4), item("sky", 0, 0, 1000, 500)]
+    box_first = format_items(items, ASMV2, W, H, box_first=True)
+    assert box_first == "<box>[[1, 2, 3, 4]]</box> red circle, <box>[[0, 0, 1000, 500]]</box> sky"
+    assert parse("label", box_first).items == parse("label", format_items(items, ASMV2, W, H)).items == tuple(items)
+    bins = BoxCodec("bins")
+    text = format_items(items, bins, W, H, box_first=True)
+    assert text.startswith("<box><loc_0>") and text.endswith("</box> sky")
+    assert [it.tag for it in parse_stage_output("label", text, bins, W, H).items] == ["red circle", "sky"]
+
+
+def test_box_first_reports_a_box_without_tag_and_keeps_the_rest():
+    out = parse("label", "<box>[[1, 2, 3, 4]]</box>, <box>[[5, 6, 7, 8]]</box> dog; stray, "
+                         "<box>[[5, 6, 7, 8]]</box> dog")
+    assert out.items == (item("dog", 5, 6, 7, 8),)
+    assert out.malformed == ("<box>[[1, 2, 3, 4]]</box>", "stray")
+    assert out.duplicates == 1

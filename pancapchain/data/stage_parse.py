@@ -6,6 +6,7 @@ writes ``[[0.100, 0.200, 0.300, 0.400]]`` instead of ``<box>[[100, 200, 300, 400
 
     stage 1 (localize)      <box>[[x1, y1, x2, y2]]</box>, <box>[[...]]</box>
     stages 2/3 (label/...)  tag <box>[[x1, y1, x2, y2]]</box>, tag2 <box>[[...]]</box>
+    box first (label only)  <box>[[x1, y1, x2, y2]]</box> tag, <box>[[...]]</box> tag2   (data.label_answer)
     empty list              None          (stage-3 target "nothing is missing", or an empty prompt list)
     stage 4 (caption)       free text with a box group after each grounded mention
 
@@ -65,17 +66,20 @@ class StageParse:
     duplicates: int
 
 
-def format_items(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int) -> str:
+def format_items(
+    items: Sequence[StageItem], codec: BoxCodec, width: int, height: int, *, box_first: bool = False
+) -> str:
     """Items -> ``tag <box>..</box>, ...`` (``<box>..</box>, ...`` for tag-less items); ``"None"`` if empty.
 
+    ``box_first``: ``<box>..</box> tag, ...`` instead (the parser reads both).
     Raises ValueError for an item without boxes or whose tag is empty after :func:`clean_tag`.
     """
     if not items:
         return DISCOVER_NONE
-    return ", ".join(_format_item(item, codec, width, height) for item in items)
+    return ", ".join(_format_item(item, codec, width, height, box_first) for item in items)
 
 
-def _format_item(item: StageItem, codec: BoxCodec, width: int, height: int) -> str:
+def _format_item(item: StageItem, codec: BoxCodec, width: int, height: int, box_first: bool = False) -> str:
     if not item.boxes:
         raise ValueError(f"stage item {item!r} has no boxes")
     box_text = codec.encode(list(item.boxes), width, height)
@@ -84,7 +88,7 @@ def _format_item(item: StageItem, codec: BoxCodec, width: int, height: int) -> s
     tag = clean_tag(item.tag)
     if not tag:
         raise ValueError(f"stage item tag {item.tag!r} is empty once item delimiters are removed")
-    return f"{tag} {box_text}"
+    return f"{box_text} {tag}" if box_first else f"{tag} {box_text}"
 
 
 def parse_stage_output(stage: str, text: str, codec: BoxCodec, width: int, height: int) -> StageParse:
@@ -109,11 +113,25 @@ def parse_stage_output(stage: str, text: str, codec: BoxCodec, width: int, heigh
 
 
 def _parse_item_list(text: str, tagged: bool, codec: BoxCodec, width: int, height: int) -> StageParse:
+    """Items in text order. A tagged list that opens with a box group is also read box first (``<box>..</box>
+    tag``); the reading that finds more items wins (a tie keeps tag first)."""
+    groups = find_box_groups(text)
+    tag_first = _parse_tag_first(text, groups, tagged, codec, width, height)
+    if tagged and groups and not text[: groups[0].start].strip(_SEPARATORS):
+        box_first = _parse_box_first(text, groups, codec, width, height)
+        if len(box_first.items) > len(tag_first.items):
+            return box_first
+    return tag_first
+
+
+def _parse_tag_first(
+    text: str, groups: Sequence[BoxGroup], tagged: bool, codec: BoxCodec, width: int, height: int
+) -> StageParse:
     items: list[StageItem] = []
     seen: set[StageItem] = set()
     malformed: list[str] = []
     duplicates, last = 0, 0
-    for group in find_box_groups(text):
+    for group in groups:
         tag, fragment = _split_prefix(text[last : group.start], tagged)
         last = group.end
         if fragment:
@@ -131,6 +149,31 @@ def _parse_item_list(text: str, tagged: bool, codec: BoxCodec, width: int, heigh
     tail = text[last:].strip(_SEPARATORS)
     if tail:
         malformed.append(tail)
+    return StageParse(tuple(items), False, tuple(malformed), duplicates)
+
+
+def _parse_box_first(text: str, groups: Sequence[BoxGroup], codec: BoxCodec, width: int, height: int) -> StageParse:
+    """``<box>..</box> tag, ...``: each item's tag is the text after its group up to the next delimiter."""
+    items: list[StageItem] = []
+    seen: set[StageItem] = set()
+    malformed: list[str] = []
+    duplicates = 0
+    for i, group in enumerate(groups):
+        after = text[group.end : groups[i + 1].start if i + 1 < len(groups) else len(text)]
+        stop = min((at for at in (after.find(c) for c in _TAG_STOPS) if at >= 0), default=len(after))
+        tag, leftover = clean_tag(after[:stop]), after[stop:].strip(_SEPARATORS)
+        if leftover:
+            malformed.append(leftover)
+        boxes = _decode(group, codec, width, height)
+        if boxes is None or not tag:
+            malformed.append(f"{text[group.start : group.end]} {tag}".strip())
+            continue
+        item = StageItem(tag, boxes)
+        if item in seen:
+            duplicates += 1
+            continue
+        seen.add(item)
+        items.append(item)
     return StageParse(tuple(items), False, tuple(malformed), duplicates)
 
 

@@ -43,7 +43,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pancapchain.constants import BOX_TASKS, DIRECT, ORACLE_STAGES, STAGES, TASKS
+from pancapchain.constants import BOX_TASKS, DIRECT, LABEL_ANSWERS, ORACLE_STAGES, STAGES, TASKS
 from pancapchain.data.box_tasks import NoTaskExample, build_box_task
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptSet
@@ -124,11 +124,13 @@ def build_stage_examples(
     skipped: list[tuple[str, str]] | None = None,
     *,
     item_order: str = "caption",
+    label_answer: str = "tag_first",
 ) -> list[StageExample]:
     """The sample's examples of the tasks in ``stages`` (any of TASKS), in that order (skips: module docstring).
 
     ``item_order``: the order of the items in stage 1-3 answers and item-list prompts: "caption" (entity =
     caption order, the default) or "raster" (:func:`raster_order`, a canonical reading order).
+    ``label_answer``: stage-2 items written "tag_first" (``tag <box>..</box>``) or "box_first".
 
     ``skipped`` (optional) receives (task, reason) for every requested extra task the sample cannot teach.
     Raises ValueError for an unknown task or a bad ratio, SampleError for an entity with an empty tag.
@@ -140,8 +142,7 @@ def build_stage_examples(
     if problem:
         raise ValueError(problem)
     lo, hi = discover_ratio
-    if item_order not in ITEM_ORDERS:
-        raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
+    _check_styles(item_order, label_answer)
     items = _ordered_items(sample, codec, item_order)
     out = []
     for stage in stages:
@@ -153,7 +154,7 @@ def build_stage_examples(
                     skipped.append((stage, str(why)))
                 continue
         else:
-            pair = _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed)
+            pair = _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed, label_answer == "box_first")
         if pair is not None:
             out.append(StageExample(sample.id, stage, sample.image, sample.width, sample.height, *pair))
     return out
@@ -167,6 +168,7 @@ def _build_pair(
     codec: BoxCodec,
     ratio: tuple[float, float],
     seed: int,
+    label_box_first: bool = False,
 ) -> tuple[str, str] | None:
     """(prompt, target) of one stage, or None when the sample has nothing to teach in that stage."""
     w, h = sample.width, sample.height
@@ -182,11 +184,19 @@ def _build_pair(
     if stage == "localize":
         return prompt(), format_items(_unique(box_only(items), codec, w, h), codec, w, h)
     if stage == "label":
-        return prompt(localize=_unique(box_only(items), codec, w, h)), format_items(items, codec, w, h)
+        return prompt(localize=_unique(box_only(items), codec, w, h)), format_items(items, codec, w, h,
+                                                                                     box_first=label_box_first)
     missing = discover_split(sample.id, len(items), ratio, seed)
     known = [it for it, gone in zip(items, missing) if not gone]
     found = [it for it, gone in zip(items, missing) if gone]
     return prompt(label=known), format_items(found, codec, w, h)
+
+
+def _check_styles(item_order: str, label_answer: str) -> None:
+    if item_order not in ITEM_ORDERS:
+        raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
+    if label_answer not in LABEL_ANSWERS:
+        raise ValueError(f"label_answer must be one of {LABEL_ANSWERS}, not {label_answer!r}")
 
 
 def _unique(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int) -> list[StageItem]:
@@ -204,7 +214,8 @@ def _ordered_items(sample: PanopticSample, codec: BoxCodec, item_order: str) -> 
 
 
 def ground_truth_answers(
-    sample: PanopticSample, codec: BoxCodec, through: str, *, item_order: str = "caption"
+    sample: PanopticSample, codec: BoxCodec, through: str, *, item_order: str = "caption",
+    label_answer: str = "tag_first",
 ) -> dict[str, str]:
     """The answers a perfect chain would give for the stages up to and including ``through``.
 
@@ -215,13 +226,12 @@ def ground_truth_answers(
     """
     if through not in ORACLE_STAGES:
         raise ValueError(f"oracle stages end at one of {ORACLE_STAGES}, not {through!r}")
-    if item_order not in ITEM_ORDERS:
-        raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
+    _check_styles(item_order, label_answer)
     w, h = sample.width, sample.height
     items = _ordered_items(sample, codec, item_order)
     answers = {
         "localize": format_items(_unique(box_only(items), codec, w, h), codec, w, h),
-        "label": format_items(items, codec, w, h),
+        "label": format_items(items, codec, w, h, box_first=label_answer == "box_first"),
         "discover": format_items([], codec, w, h),
     }
     return {stage: answers[stage] for stage in ORACLE_STAGES[: ORACLE_STAGES.index(through) + 1]}

@@ -96,8 +96,10 @@ class ChainState:
 class PancapChain:
     """Run the chain on images. ``model`` is a llava-hf model (or a peft wrapper of one) in eval mode."""
 
-    def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None):
+    def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None,
+                 label_answer: str = "tag_first"):
         self.generator = Generator(model, processor)
+        self.label_answer = label_answer  # how the model writes stage-2 items (the parser reads either way)
         self.prompts = prompts
         self.codec = codec
         self.system = system
@@ -118,6 +120,7 @@ class PancapChain:
             BoxCodec(meta.get("box_format", "asmv2")),
             meta.get("system_prompt"),
             head.to(device) if head is not None else None,
+            meta.get("label_answer", "tag_first"),
         )
 
     # ------------------------------------------------------------------------------------ prompts
@@ -138,7 +141,8 @@ class PancapChain:
     def set_items(self, state: ChainState, stage: str, items: Sequence[StageItem]) -> StageOutput:
         """Replace a stage's items (a user edit); the raw text is rewritten from them."""
         prompt = state.outputs[stage].prompt if stage in state.outputs else ""
-        raw = format_items(items, self.codec, state.width, state.height)
+        box_first = stage == "label" and self.label_answer == "box_first"
+        raw = format_items(items, self.codec, state.width, state.height, box_first=box_first)
         return self.set_output(state, stage, raw, prompt, edited=True)
 
     # --------------------------------------------------------------------------------------- run

@@ -19,6 +19,8 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, Processor
 import pancapchain
 from pancapchain.config import RecipeConfig, save_recipe
 from pancapchain.data.io import atomic_write_json
+from pancapchain.model.box_features import META_KEY as BOX_FEATURES_KEY
+from pancapchain.model.box_features import attach_box_features
 
 CHECKPOINT_FORMAT = "pancapchain-checkpoint/1"  # meta.json "format" of a training checkpoint
 
@@ -46,6 +48,8 @@ def checkpoint_meta(cfg: RecipeConfig, prompt_version: str, system: str | None, 
         "prompt_version": prompt_version,
         "system_prompt": system,
         "box_format": cfg.data.box_format,
+        BOX_FEATURES_KEY: cfg.data.box_features,
+        "label_answer": cfg.data.label_answer,
         "stages": {k: float(v) for k, v in cfg.data.stages.items()},
         "lora": cfg.lora.enabled,
     }
@@ -108,4 +112,5 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, device
         raise CheckpointError(f"{path} has neither adapter_config.json (checkpoint) nor config.json (export)")
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model.to(device).eval()
+    attach_box_features(model, processor.tokenizer, bool(meta.get(BOX_FEATURES_KEY, False)))
     return Loaded(model, processor, meta)

@@ -61,6 +61,7 @@ def collect_stage_examples(
     max_samples: int = 0,
     mask_stages: Sequence[str] = (),
     item_order: str = "caption",
+    label_answer: str = "tag_first",
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
@@ -85,7 +86,7 @@ def collect_stage_examples(
         no_example: list[tuple[str, str]] = []
         try:
             examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed, no_example,
-                                            item_order=item_order)
+                                            item_order=item_order, label_answer=label_answer)
         except SampleError as err:
             if strict:
                 raise

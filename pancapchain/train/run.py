@@ -37,6 +37,7 @@ from pancapchain.data.prompts import recipe_prompts
 from pancapchain.errors import ArgumentParser, TrainingInterrupted, debug_requested, run_guarded
 from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
+from pancapchain.model.box_features import attach_box_features
 from pancapchain.model.build import build_trainable, projector_parameter_names, runtime_choices, select_dtype
 from pancapchain.model.checkpoint import CheckpointWriter, checkpoint_meta
 from pancapchain.train.budget import WallClockBudget
@@ -123,6 +124,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
         max_samples=max_samples,
         mask_stages=list(cfg.mask.stages) if cfg.mask.enabled else (),
         item_order=cfg.data.item_order,
+        label_answer=cfg.data.label_answer,
     )
 
 
@@ -159,6 +161,7 @@ def build_run(cfg: RecipeConfig) -> Run:
     save_base = tiny_base_dir if int(os.environ.get("RANK", "0")) == 0 else None
     model, processor = build_trainable(cfg, texts, save_base_to=save_base)
     head = attach_mask_head(model, cfg.mask) if cfg.mask.enabled else None
+    attach_box_features(model, processor.tokenizer, cfg.data.box_features)
     strict, max_len, system = cfg.data.strict, cfg.data.max_length, prompts.system
     train_ds = build_stage_dataset(train_pairs, processor, system, max_len, train_report, strict)
     val_ds = None

@@ -1,0 +1,127 @@
+"""Box features: every ``</box>`` the language model reads carries the image's mean feature inside that box.
+
+A small language model reads a box as text, and to name what is inside a box it has to learn which image tokens
+the coordinates cover: measured in docs/learning_quality.md, the tiny chain's label stage names the shapes of its
+given boxes at chance. Region-aware LLaVA variants (GPT4RoI, Osprey, Ferret) hand the model the region's features
+next to its coordinates instead. Here the input embedding of each ``</box>`` token, in the prompt and in the
+answer alike, gets the mean of the projected image features over the patches its box group covers (weighted by the
+share of each patch inside a box). So a prompt's given boxes show their content, and an answer that writes a box
+sees what it boxed before it writes the next word.
+
+Two forward pre-hooks (:class:`BoxFeatures`) do it; the weights, the saved folder and ``generate`` stay plain
+transformers. During generation the hooks keep the row's tokens and image features from the prefill, so a
+``</box>`` written at a decoding step gets the same feature a full forward gives it. The recipe key
+``data.box_features`` turns it on and the checkpoint's ``pancap_meta.json`` records it for inference; a model loaded
+without the hooks reads ``</box>`` as the ordinary token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from pancapchain.constants import BOX_CLOSE, BOX_GRID, BOX_OPEN, LOC_BINS
+from pancapchain.data.boxes import find_box_groups
+
+META_KEY = "box_features"  # pancap_meta.json: true when the model was trained with these hooks
+
+
+def patch_weights(boxes: Sequence[Sequence[float]], grid: int) -> torch.Tensor:
+    """(grid*grid,) share of each patch (row-major) inside the union of ``boxes``.
+
+    Boxes are (x1, y1, x2, y2) in [0, 1] on the padded square the image processor feeds the tower. A box too thin
+    to cover any patch area reads the patch under its centre."""
+    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
+    weights = torch.zeros(grid, grid)
+    for x1, y1, x2, y2 in boxes:
+        wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
+        wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
+        weights = torch.maximum(weights, torch.outer(wy, wx) * grid * grid)
+    if weights.sum() <= 0 and boxes:
+        x1, y1, x2, y2 = boxes[0]
+        col = min(max(int((x1 + x2) / 2 * grid), 0), grid - 1)
+        row = min(max(int((y1 + y2) / 2 * grid), 0), grid - 1)
+        weights[row, col] = 1.0
+    return weights.flatten()
+
+
+class BoxFeatures:
+    """Forward pre-hooks on a llava-hf model (or its peft wrapper) that add box features to ``</box>`` embeddings.
+
+    The hook on the inner ``LlavaModel`` keeps the tokens of the call (B, T) (appending decoding steps to the
+    prefill's); the hook on its language model sees ``inputs_embeds`` (B, L, D), the last L of those T tokens,
+    with the image features scattered in, and adds at each ``</box>`` the weighted mean of that row's N image
+    features (a sqrt(N) x sqrt(N) grid, kept from the prefill for later steps)."""
+
+    def __init__(self, model, tokenizer):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.llava = base.model
+        self.image_id = int(base.config.image_token_id)
+        self.open_id, self.close_id = tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
+        self.tokenizer = tokenizer
+        self._ids: torch.Tensor | None = None  # (B, T) tokens of the sequence so far
+        self._images: list[torch.Tensor] = []  # per row: (N, D) image features of the prefill
+        self._handles = [
+            self.llava.register_forward_pre_hook(self._keep_ids, with_kwargs=True),
+            self.llava.language_model.register_forward_pre_hook(self._fill, with_kwargs=True),
+        ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _keep_ids(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("cache")
+        seen = cache.get_seq_length() if cache is not None else 0
+        if not isinstance(ids, torch.Tensor):
+            self._ids = None
+        elif seen == 0 or self._ids is None or self._ids.shape != (ids.shape[0], seen):
+            self._ids, self._images = ids, []  # a new sequence (training, or a generation's prefill)
+        else:
+            self._ids = torch.cat([self._ids, ids], dim=1)
+
+    def _fill(self, module, args, kwargs):
+        embeds, ids = kwargs.get("inputs_embeds"), self._ids
+        if embeds is None or ids is None or ids.shape[0] != embeds.shape[0] or ids.shape[1] < embeds.shape[1]:
+            return None
+        offset = ids.shape[1] - embeds.shape[1]
+        if offset == 0:
+            self._images = [embeds[b][ids[b] == self.image_id] for b in range(len(ids))]
+        rows, cols = (ids[:, offset:] == self.close_id).nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return None
+        pooled = torch.stack([self._pool(b, int(c) + offset, embeds) for b, c in zip(rows.tolist(), cols.tolist())])
+        delta = torch.zeros_like(embeds).index_put((rows, cols), pooled.to(embeds.dtype))
+        return args, {**kwargs, "inputs_embeds": embeds + delta}
+
+    def _pool(self, row: int, close: int, embeds: torch.Tensor) -> torch.Tensor:
+        """(D,) mean image feature of the box group closed at ``close`` in row ``row`` (zeros without one)."""
+        image = self._images[row] if row < len(self._images) else embeds[row][:0]
+        grid = math.isqrt(len(image))
+        boxes = self._boxes(self._ids[row], close)
+        if not boxes or grid == 0:
+            return torch.zeros_like(embeds[row, 0])
+        if grid * grid != len(image):
+            raise ValueError(f"box features need a square patch grid; this row has {len(image)} image tokens "
+                             "(one image, vision_feature_select_strategy 'default')")
+        weights = patch_weights(boxes, grid).to(image.device, image.dtype)
+        return weights @ image / weights.sum()
+
+    def _boxes(self, ids: torch.Tensor, close: int) -> list[tuple[float, ...]]:
+        """Boxes in [0, 1] (padded square) of the ``<box>..</box>`` group whose ``</box>`` is at ``close``."""
+        opens = (ids[:close] == self.open_id).nonzero(as_tuple=True)[0]
+        if len(opens) == 0:
+            return []
+        groups = find_box_groups(self.tokenizer.decode(ids[int(opens[-1]) : close + 1].tolist()))
+        if not groups or not groups[-1].tagged:  # plain [[x, ..]] groups are normalized to the image, not the square
+            return []
+        scale = LOC_BINS if groups[-1].binned else BOX_GRID
+        return [tuple(min(max(v / scale, 0.0), 1.0) for v in quad) for quad in groups[-1].values]
+
+
+def attach_box_features(model, tokenizer, enabled: bool) -> BoxFeatures | None:
+    """Hooks on ``model`` when ``enabled`` (the recipe's ``data.box_features`` / the checkpoint's meta)."""
+    return BoxFeatures(model, tokenizer) if enabled else None

@@ -1,0 +1,141 @@
+"""Box features: each </box> the language model reads gets the image's mean feature inside its box."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pancapchain.config import TinyModelConfig
+from pancapchain.model.box_features import BoxFeatures, attach_box_features, patch_weights
+from pancapchain.model.tiny import build_processor, build_tiny_model, build_tokenizer
+
+CFG = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                      vision_hidden_size=16, vision_layers=1, vision_heads=1, image_size=32, patch_size=8,
+                      vocab_size=300)
+# two given boxes: bins 0-16 of 32 (top-left 2 x 2 patches) and x 24-32, y 8-32 (column 3, rows 1-3)
+PROMPT = "<image>" * 16 + "tag these <box><loc_0><loc_0><loc_16><loc_16></box>, <box><loc_24><loc_8><loc_32><loc_32></box>"
+
+
+def tiny():
+    tokenizer = build_tokenizer(["a red circle at the left", "tag these"] * 5, 300, loc_tokens=True)
+    return build_tiny_model(tokenizer, CFG).eval(), build_processor(tokenizer, CFG)
+
+
+def test_patch_weights_are_the_share_of_each_patch_inside_the_boxes():
+    w = patch_weights([(0.0, 0.0, 0.5, 0.375)], 4).view(4, 4)
+    assert torch.allclose(w, torch.tensor([[1, 1, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0.0]]))
+    union = patch_weights([(0.0, 0.0, 0.25, 0.25), (0.0, 0.0, 0.5, 0.25)], 4).view(4, 4)
+    assert union[0].tolist() == [1, 1, 0, 0] and union[1:].sum() == 0  # overlap counted once
+    thin = patch_weights([(0.6, 0.6, 0.6, 0.9)], 4).view(4, 4)
+    assert thin.sum() == 1 and thin[3, 2] == 1  # a zero-area box reads the patch under its centre
+
+
+def language_model_inputs(model, input_ids, pixel_values) -> torch.Tensor:
+    """The inputs_embeds (1, L, D) the language model receives (this hook runs after any other)."""
+    seen = {}
+    handle = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, k: seen.update(embeds=k["inputs_embeds"].detach().clone()), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, pixel_values=pixel_values)
+    finally:
+        handle.remove()
+    return seen["embeds"]
+
+
+def test_each_box_close_gets_the_weighted_mean_image_feature_of_its_box():
+    torch.manual_seed(0)
+    model, processor = tiny()
+    ids = processor.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    pixels = torch.randn(1, 3, 32, 32)
+    before = language_model_inputs(model, ids, pixels)[0]
+    hooks = attach_box_features(model, processor.tokenizer, enabled=True)
+    after = language_model_inputs(model, ids, pixels)[0]
+    hooks.remove()
+    grid = before[ids[0] == model.config.image_token_id].view(4, 4, -1)  # row-major patch features
+    closes = (ids[0] == processor.tokenizer.convert_tokens_to_ids("</box>")).nonzero().flatten()
+    assert torch.allclose(after[closes[0]], before[closes[0]] + grid[:2, :2].reshape(4, -1).mean(0), atol=1e-6)
+    assert torch.allclose(after[closes[1]], before[closes[1]] + grid[1:, 3].mean(0), atol=1e-6)
+    others = torch.ones(len(ids[0]), dtype=torch.bool)
+    others[closes] = False
+    assert torch.equal(after[others], before[others])  # nothing else moves
+    assert attach_box_features(model, processor.tokenizer, enabled=False) is None
+
+
+def test_a_box_written_while_generating_gets_the_same_feature_as_in_a_full_forward():
+    torch.manual_seed(0)
+    model, processor = tiny()
+    attach_box_features(model, processor.tokenizer, enabled=True)
+    tok = processor.tokenizer
+    prompt = tok([PROMPT, PROMPT.replace("<loc_16>", "<loc_8>")], return_tensors="pt")["input_ids"]
+    pixels = torch.randn(2, 3, 32, 32)
+    # force each row to write a box: only these tokens are allowed, in this order, then free decoding
+    forced = tok.convert_tokens_to_ids(["<box>", "<loc_2>", "<loc_4>", "<loc_30>", "<loc_12>", "</box>"])
+
+    def force(batch_id, input_ids):
+        step = input_ids.shape[0] - prompt.shape[1]
+        return [forced[step]] if step < len(forced) else list(range(len(tok)))
+
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, pixel_values=pixels, max_new_tokens=len(forced) + 3, do_sample=False,
+                             min_new_tokens=len(forced) + 3, prefix_allowed_tokens_fn=force, output_logits=True,
+                             return_dict_in_generate=True)
+        full = model(input_ids=out.sequences[:, :-1], pixel_values=pixels).logits
+    assert out.sequences[0, prompt.shape[1] : prompt.shape[1] + len(forced)].tolist() == forced
+    for step, logits in enumerate(out.logits):
+        assert torch.allclose(logits, full[:, prompt.shape[1] - 1 + step], atol=1e-4), step
+
+
+def test_without_a_square_patch_grid_the_hook_says_why():
+    model, processor = tiny()
+    hooks = BoxFeatures(model, processor.tokenizer)
+    hooks._ids = torch.tensor([[model.config.image_token_id] * 3])
+    hooks._images = [torch.zeros(3, 32)]
+    hooks._ids = torch.cat([hooks._ids, processor.tokenizer("<box><loc_0><loc_0><loc_8><loc_8></box>",
+                                                            return_tensors="pt")["input_ids"]], 1)
+    close = hooks._ids.shape[1] - 1
+    with pytest.raises(ValueError, match="square patch grid"):
+        hooks._pool(0, close, torch.zeros(1, close + 1, 32))
+
+
+def test_normalized_boxes_are_refused_with_box_features():
+    from pancapchain.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="box_features"):
+        load_recipe("recipes/tiny_chain.yaml", ["data.box_features=true", "data.box_format=normalized"])
+
+
+def test_a_recipe_with_box_features_trains_and_its_checkpoint_chains_with_them(tmp_path):
+    from conftest import tiny_overrides, write_dataset
+
+    from pancapchain.config import load_recipe
+    from pancapchain.infer.chain import ChainState, PancapChain
+    from pancapchain.infer.generation import GenerationOptions
+    from pancapchain.train.run import run_training
+
+    train = write_dataset(tmp_path / "data", n=4)
+    overrides = tiny_overrides(train, tmp_path / "run", **{
+        "train.max_steps": "2", "data.box_format": "bins", "data.box_features": "true",
+        "data.label_answer": "box_first"})
+    run_training(load_recipe(None, overrides))
+    meta = json.loads((tmp_path / "run" / "pancap_meta.json").read_text())
+    assert meta["box_features"] is True and meta["label_answer"] == "box_first"
+    chain = PancapChain.from_pretrained(str(tmp_path / "run"))
+    llava = chain.generator.model.get_base_model().model if hasattr(chain.generator.model, "get_base_model") \
+        else chain.generator.model.model
+    assert len(llava.language_model._forward_pre_hooks) == 1 and chain.label_answer == "box_first"
+    from PIL import Image
+
+    state = ChainState("s0", Image.open(train.parent / "images" / "s0.png"))
+    options = GenerationOptions(max_new_tokens={s: 8 for s in ("localize", "label", "discover", "caption")})
+    chain.run([state], options)
+    assert set(state.outputs) == {"localize", "label", "discover", "caption"}
+
+
+def test_an_unknown_label_answer_is_refused():
+    from pancapchain.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="label_answer must be one of"):
+        load_recipe("recipes/tiny_chain.yaml", ["data.label_answer=sideways"])

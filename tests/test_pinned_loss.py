@@ -40,6 +40,8 @@ OVERRIDES = {
     "train.learning_rate": "2.0e-3",
     "train.projector_lr": "2.0e-3",
     "data.system_prompt": "default",
+    "data.box_features": "false",
+    "data.label_answer": "tag_first",
 }
 
 

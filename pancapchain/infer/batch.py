@@ -43,8 +43,8 @@ def list_items(
 ) -> list[InferItem]:
     """Items from a panoptic JSONL (ids and relative image paths) or from a directory of images (id = stem).
 
-    ``oracle`` = (the model's box codec, last stage, its label_answer): each item carries its ground-truth answers for the stages
-    up to that one (:func:`pancapchain.data.stages.ground_truth_answers`); needs a JSONL."""
+    ``oracle`` = (the model's box codec, last stage, its label_answer): each item carries its ground-truth
+    answers for the stages up to that one (:func:`pancapchain.data.stages.ground_truth_answers`); needs a JSONL."""
     data = Path(data)
     if data.is_dir() and oracle:
         raise UserError(f"--oracle-through needs a panoptic JSONL with entities, not the image folder {data}")
@@ -104,7 +104,8 @@ def run_inference(
     report = SkipReport(what="images")
     if oracle_through and plan == "direct":
         raise UserError("--oracle-through gives chain stages: direct captioning has none to give")
-    items = list_items(data, image_root, report, (chain.codec, oracle_through, chain.label_answer) if oracle_through else None)
+    oracle = (chain.codec, oracle_through, chain.label_answer) if oracle_through else None
+    items = list_items(data, image_root, report, oracle)
     if limit > 0:
         items = items[:limit]
 

@@ -121,7 +121,7 @@ def test_a_recipe_with_box_features_trains_and_its_checkpoint_chains_with_them(t
         "data.label_answer": "box_first"})
     run_training(load_recipe(None, overrides))
     meta = json.loads((tmp_path / "run" / "pancap_meta.json").read_text())
-    assert meta["box_features"] is True and meta["label_answer"] == "box_first"
+    assert meta["box_features"] is True and meta["label_answer"] == "box_first" and meta["item_order"] == "caption"
     chain = PancapChain.from_pretrained(str(tmp_path / "run"))
     llava = chain.generator.model.get_base_model().model if hasattr(chain.generator.model, "get_base_model") \
         else chain.generator.model.model

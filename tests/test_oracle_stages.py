@@ -67,3 +67,15 @@ def test_oracle_needs_a_chain_and_a_jsonl(tiny_checkpoint, tmp_path):
         main([*base, "--data", str(data), "--direct"])
     with pytest.raises(SystemExit, match="JSONL with entities"):
         main([*base, "--data", str(data.parent)])
+
+
+def test_oracle_items_are_written_in_the_checkpoints_item_order_and_layout(tmp_path):
+    from pancapchain.data.io import SkipReport
+    from pancapchain.infer.batch import list_items
+
+    data = write_dataset(tmp_path / "data", n=2, n_entities=3)
+    codec = BoxCodec("bins")
+    items = list_items(data, None, SkipReport(), (codec, "label", "raster", "box_first"))
+    for sample, row in zip(load_samples(data)[0], items):
+        assert row.given == ground_truth_answers(sample, codec, "label", item_order="raster", label_answer="box_first")
+        assert row.given["label"].startswith("<box>")

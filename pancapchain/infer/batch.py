@@ -39,11 +39,11 @@ class InferItem:
 
 def list_items(
     data: str | Path, image_root: str | Path | None, report: SkipReport,
-    oracle: tuple[BoxCodec, str, str] | None = None,
+    oracle: tuple[BoxCodec, str, str, str] | None = None,
 ) -> list[InferItem]:
     """Items from a panoptic JSONL (ids and relative image paths) or from a directory of images (id = stem).
 
-    ``oracle`` = (the model's box codec, last stage, its label_answer): each item carries its ground-truth
+    ``oracle`` = (the model's box codec, last stage, item_order, label_answer): each item carries its ground-truth
     answers for the stages up to that one (:func:`pancapchain.data.stages.ground_truth_answers`); needs a JSONL."""
     data = Path(data)
     if data.is_dir() and oracle:
@@ -58,7 +58,8 @@ def list_items(
     items = []
     for s in samples:
         try:
-            given = ground_truth_answers(s, oracle[0], oracle[1], label_answer=oracle[2]) if oracle else None
+            given = (ground_truth_answers(s, oracle[0], oracle[1], item_order=oracle[2], label_answer=oracle[3])
+                     if oracle else None)
             items.append(InferItem(s.id, resolve_image(root, s.image, s.id), s.image, given))
         except SampleError as err:
             report.skip(s.id, f"bad image path: {err.problem}")
@@ -104,7 +105,7 @@ def run_inference(
     report = SkipReport(what="images")
     if oracle_through and plan == "direct":
         raise UserError("--oracle-through gives chain stages: direct captioning has none to give")
-    oracle = (chain.codec, oracle_through, chain.label_answer) if oracle_through else None
+    oracle = (chain.codec, oracle_through, chain.item_order, chain.label_answer) if oracle_through else None
     items = list_items(data, image_root, report, oracle)
     if limit > 0:
         items = items[:limit]

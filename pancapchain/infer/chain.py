@@ -97,9 +97,10 @@ class PancapChain:
     """Run the chain on images. ``model`` is a llava-hf model (or a peft wrapper of one) in eval mode."""
 
     def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None,
-                 label_answer: str = "tag_first"):
+                 item_order: str = "caption", label_answer: str = "tag_first"):
         self.generator = Generator(model, processor)
-        self.label_answer = label_answer  # how the model writes stage-2 items (the parser reads either way)
+        # how the model was taught to write stage answers (the parser reads either layout; oracles write these)
+        self.item_order, self.label_answer = item_order, label_answer
         self.prompts = prompts
         self.codec = codec
         self.system = system
@@ -120,6 +121,7 @@ class PancapChain:
             BoxCodec(meta.get("box_format", "asmv2")),
             meta.get("system_prompt"),
             head.to(device) if head is not None else None,
+            meta.get("item_order", "caption"),
             meta.get("label_answer", "tag_first"),
         )
 

@@ -12,14 +12,14 @@ from pancapchain.train import trainer as trainer_module
 from pancapchain.train.run import build_run
 from pancapchain.train.trainer import first_scored_position
 
-I = IGNORE_INDEX
+X = IGNORE_INDEX
 
 
 @pytest.mark.parametrize(("labels", "start"), [
-    ([[I, I, 5, 6], [I, I, I, 7]], 1),   # one before the earliest supervised label of any row
-    ([[I, I, I, 7]], 2),
+    ([[X, X, 5, 6], [X, X, X, 7]], 1),   # one before the earliest supervised label of any row
+    ([[X, X, X, 7]], 2),
     ([[4, 5, 6, 7]], 0),                 # position 0 supervised: nothing to skip
-    ([[I, I, I, I]], 0),                 # nothing supervised: keep everything
+    ([[X, X, X, X]], 0),                 # nothing supervised: keep everything
 ])
 def test_first_scored_position(labels, start):
     assert first_scored_position(torch.tensor(labels)) == start

@@ -22,6 +22,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-boxes", action="store_true",
                         help="let the label and caption stages write boxes their prompt does not give "
                              "(default: only the given ones; location-token box format)")
+    parser.add_argument("--ordered-boxes", default="label",
+                        help="comma-separated given-box stages (label, caption) whose answer must write every "
+                             "given box once, in the prompt's order; 'none': no stage (default: label)")
     parser.add_argument("--no-repeat-ngram", type=int, default=8,
                         help="captions: forbid the token that would repeat a run of N tokens of the same answer, "
                              "so a loop goes on with new text instead of ending the caption (0: off)")
@@ -39,6 +42,16 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if args.no_repeat_ngram == 1:
         raise SystemExit("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
+    wrong = set(ordered_stages(args)) - {"label", "caption"}
+    if wrong:
+        raise SystemExit(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose from "
+                         "label, caption or 'none'")
+
+
+def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:
+    """The stages of ``--ordered-boxes`` ('none' or empty: no stage)."""
+    text = getattr(args, "ordered_boxes", "label").strip()
+    return () if text in ("", "none") else tuple(s.strip() for s in text.split(",") if s.strip())
 
 
 def generation_options(args: argparse.Namespace):
@@ -49,7 +62,8 @@ def generation_options(args: argparse.Namespace):
     return GenerationOptions(budget, args.sample, args.temperature, args.top_p, args.seed, args.stop_after,
                              stop_on_repeat=not getattr(args, "no_repeat_stop", False),
                              given_boxes=not getattr(args, "free_boxes", False),
-                             no_repeat_ngram=getattr(args, "no_repeat_ngram", 8))
+                             no_repeat_ngram=getattr(args, "no_repeat_ngram", 8),
+                             ordered_boxes=ordered_stages(args))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

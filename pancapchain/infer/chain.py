@@ -156,6 +156,7 @@ class PancapChain:
         texts = self.generator.generate(
             prompts, [(s.height, s.width) for s in states], features, self.system, options.for_stage(stage), guard,
             given_boxes=given,
+            ordered_boxes=given and stage in options.ordered_boxes,
             no_repeat_ngram=options.no_repeat_ngram if output_slot(stage) == "caption" else 0,
             seed=options.seed,
         )

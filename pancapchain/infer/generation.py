@@ -40,6 +40,8 @@ class GenerationOptions:
     # label and caption answers may only write boxes their prompt gives (pancapchain.infer.given_boxes;
     # location-token format only)
     given_boxes: bool = True
+    # of those, the stages whose answer writes every given box once, in the prompt's order (GivenBoxes ordered)
+    ordered_boxes: tuple[str, ...] = ("label",)
     # captions: a token that would repeat a run of this many tokens of the same answer is forbidden, so a
     # looping caption goes on with new text instead of being ended by the repeat guard (0: off;
     # pancapchain.infer.repeats.NoRepeatText; measured in docs/learning_quality.md)
@@ -50,6 +52,8 @@ class GenerationOptions:
             raise ValueError(f"stop_after={self.stop_after!r}: choose one of {STAGES}")
         if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
             raise ValueError(f"no_repeat_ngram={self.no_repeat_ngram}: 0 (off) or a run length >= 2")
+        if set(self.ordered_boxes) - {"label", "caption"}:
+            raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only 'label' and 'caption' are given boxes")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")
@@ -117,12 +121,14 @@ class Generator:
         repeat_guard: str | None = None,
         given_boxes: bool = False,
         no_repeat_ngram: int = 0,
+        ordered_boxes: bool = False,
         *,
         seed: int = 0,
     ) -> list[Decoded]:
         """Decode one answer per prompt. ``repeat_guard``: "items" (item lists) or "text" (captions) stops a
         row that starts to loop (see pancapchain.infer.repeats); None decodes to EOS or max_new_tokens.
-        ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes).
+        ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes);
+        with ``ordered_boxes`` every one of them, once each, in the prompt's order.
         ``no_repeat_ngram`` > 0: no answer repeats a text run of that many tokens (repeats.NoRepeatText).
 
         Sampling (``do_sample``) draws from torch's RNG seeded with ``seed`` for this call only: the caller's
@@ -132,7 +138,7 @@ class Generator:
         if no_repeat_ngram:
             box_ids = set(self.tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE, *LOC_TOKENS]))
             processors.append(NoRepeatText(input_ids.shape[1], no_repeat_ngram, box_ids))
-        given = GivenBoxes.from_prompts(input_ids, self.tokenizer) if given_boxes else None
+        given = GivenBoxes.from_prompts(input_ids, self.tokenizer, ordered_boxes) if given_boxes else None
         if given is not None:
             processors.append(given)
         guard = self._repeat_stop(input_ids.shape[1], repeat_guard)

@@ -7,6 +7,12 @@ caption's were copies, docs/learning_quality.md), so the chain's stages drift ap
 makes every box opened in the answer (``<box>``) continue one of the prompt's boxes, token by token, and close
 after its four coordinates. Nothing else is constrained: the model still chooses which boxes to write, in
 which order, and all the text around them.
+
+``ordered`` (stage 2 by default, ``GenerationOptions.ordered_boxes``): the answer writes every box of the prompt,
+once each, in the prompt's order. Stage 2's job is to tag the boxes it is given; left free, the tiny model ended its
+list early and dropped 13% of them (docs/learning_quality.md). So the k-th box opened is forced to the prompt's
+k-th box, the answer cannot end (EOS) before all are written, and cannot open another after the last one; the
+model still writes every tag.
 """
 
 from __future__ import annotations
@@ -25,36 +31,60 @@ class GivenBoxes(LogitsProcessor):
     """Restricts each row's ``<box> l1 l2 l3 l4 </box>`` groups to the groups found in that row's prompt.
 
     ``prompt_len``: the (left-padded) prompt length; ``allowed[row]``: the prompt's boxes as 4-tuples of
-    token ids. A row whose prompt has no box is left free. Scores are (batch, vocab); forbidden ids get -inf.
+    token ids, in prompt order, each once. A row whose prompt has no box is left free. ``ordered``: every row
+    writes all its boxes in that order (``eos_id`` is then required). Scores are (batch, vocab); forbidden ids
+    get -inf.
     """
 
-    def __init__(self, prompt_len: int, allowed: Sequence[set[tuple[int, ...]]], open_id: int, close_id: int):
+    def __init__(self, prompt_len: int, allowed: Sequence[Sequence[tuple[int, ...]]], open_id: int, close_id: int,
+                 ordered: bool = False, eos_id: int | None = None):
+        if ordered and eos_id is None:
+            raise ValueError("ordered given boxes need the EOS id (the answer may not end before its last box)")
         self.prompt_len = prompt_len
-        self.allowed = list(allowed)
+        self.allowed = [list(boxes) for boxes in allowed]
         self.open_id, self.close_id = open_id, close_id
+        self.ordered, self.eos_id = ordered, eos_id
 
     @classmethod
-    def from_prompts(cls, input_ids: torch.Tensor, tokenizer) -> GivenBoxes | None:
+    def from_prompts(cls, input_ids: torch.Tensor, tokenizer, ordered: bool = False) -> GivenBoxes | None:
         """The processor for a batch of prompts (batch, T), or None when the tokenizer has no location tokens."""
         loc_ids = tokenizer.convert_tokens_to_ids(list(LOC_TOKENS))
         if tokenizer.unk_token_id in loc_ids or None in loc_ids:
             return None
         open_id, close_id = tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
         allowed = [boxes_in(row.tolist(), open_id, close_id, set(loc_ids)) for row in input_ids]
-        return cls(input_ids.shape[1], allowed, open_id, close_id)
+        return cls(input_ids.shape[1], allowed, open_id, close_id, ordered, tokenizer.eos_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(scores.shape[0]):
             options = self.allowed[row]
             if not options:
                 continue
-            next_ids = self._next_ids(input_ids[row, self.prompt_len :].tolist(), options)
+            answer = input_ids[row, self.prompt_len :].tolist()
+            if self.ordered:
+                self._keep_order(answer, options, scores[row])
+                continue
+            next_ids = self._next_ids(answer, set(options))
             if next_ids is None:
                 continue
             keep = scores[row, next_ids].clone()
             scores[row] = float("-inf")
             scores[row, next_ids] = keep
         return scores
+
+    def _keep_order(self, answer: list[int], boxes: list[tuple[int, ...]], scores: torch.Tensor) -> None:
+        """Ordered mode for one row (``scores``: (vocab,), edited in place)."""
+        done = answer.count(self.close_id)  # boxes completed so far (each was forced, so each is one of ours)
+        opened = len(answer) - 1 - answer[::-1].index(self.open_id) if self.open_id in answer else None
+        if opened is not None and self.close_id not in answer[opened:]:
+            written = len(answer) - opened - 1
+            token = self.close_id if written == BOX_LEN else boxes[done][written]
+            keep = scores[token].clone()
+            scores.fill_(float("-inf"))
+            scores[token] = keep
+            return
+        scores[self.close_id] = float("-inf")  # outside a box: a stray close would miscount the boxes written
+        scores[self.eos_id if done < len(boxes) else self.open_id] = float("-inf")
 
     def _next_ids(self, answer: list[int], options: set[tuple[int, ...]]) -> list[int] | None:
         """The ids allowed next, or None when the answer is not inside an open box."""
@@ -70,12 +100,14 @@ class GivenBoxes(LogitsProcessor):
         return ids or None  # a prefix no given box has (cannot happen from a constrained start): leave it free
 
 
-def boxes_in(ids: Sequence[int], open_id: int, close_id: int, loc_ids: set[int]) -> set[tuple[int, ...]]:
-    """Every ``<box> l1 l2 l3 l4 </box>`` group of a token sequence, as the 4-tuple of location-token ids."""
-    found = set()
+def boxes_in(ids: Sequence[int], open_id: int, close_id: int, loc_ids: set[int]) -> list[tuple[int, ...]]:
+    """Every ``<box> l1 l2 l3 l4 </box>`` group of a token sequence, as the 4-tuple of location-token ids, in
+    order of first appearance, each once."""
+    found: list[tuple[int, ...]] = []
     for i, token in enumerate(ids):
         group = tuple(ids[i + 1 : i + 1 + BOX_LEN])
         if (token == open_id and len(group) == BOX_LEN and all(t in loc_ids for t in group)
                 and i + 1 + BOX_LEN < len(ids) and ids[i + 1 + BOX_LEN] == close_id):
-            found.add(group)
+            if group not in found:
+                found.append(group)
     return found

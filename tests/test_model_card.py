@@ -15,7 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from pancapchain.cli import main as cli_main
 from pancapchain.model.export import export_checkpoint
-from pancapchain.model.model_card import CardOptions, hub_id
+from pancapchain.model.model_card import CardOptions, build_model_card, hub_id
 
 F1 = {"tag": 50.0, "loc": 20.5, "attr": 30.25, "rel": 10.0, "global": 70.0}
 
@@ -127,3 +127,9 @@ def test_failed_upload_keeps_the_export_and_says_how_to_retry(tiny_checkpoint, t
     assert code == 2 and (out / "README.md").is_file()
     assert "upload to me/pancap-tiny failed: HfHubHTTPError: 401 Unauthorized" in err
     assert f"hf upload me/pancap-tiny {out}" in err
+
+
+def test_a_model_trained_with_box_features_says_how_to_attach_them():
+    with_hooks = build_model_card({"box_features": True}, [], "tiny").text
+    assert "attach_box_features(model, processor.tokenizer, enabled=True)" in with_hooks
+    assert "box features" not in build_model_card({"box_features": False}, [], "tiny").text

@@ -132,6 +132,7 @@ def _body(meta: dict, evals: list[EvalMetrics], name: str, data: ModelCardData, 
         'model = AutoModelForImageTextToText.from_pretrained("PATH_OR_REPO", dtype="auto")',
         'processor = AutoProcessor.from_pretrained("PATH_OR_REPO")', "```", "",
         "The chain, the web demo: `pancapchain infer --model PATH ...`, `pancapchain serve --model PATH`.", "",
+        *_box_feature_note(meta),
         "## Training", "",
         f"- base model: {base}",
         f"- prompts `{meta.get('prompt_version')}`, box format `{meta.get('box_format')}`, "
@@ -153,6 +154,17 @@ def _body(meta: dict, evals: list[EvalMetrics], name: str, data: ModelCardData, 
                   "| " + " | ".join(t for _, t in _DIMENSIONS) + " |", "|" + "---:|" * len(_DIMENSIONS),
                   "| " + " | ".join(_fmt((scores.get(d) or {}).get("f1")) for d, _ in _DIMENSIONS) + " |", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _box_feature_note(meta: dict) -> list[str]:
+    """Card lines for a model trained with box features: its weights alone do not add them (forward hooks do)."""
+    if not meta.get("box_features"):
+        return []
+    return ["This model was trained with **box features** (`data.box_features`): every `</box>` it reads carries "
+            "the mean image feature inside its box, added by forward hooks, not by the weights. pancapchain "
+            "attaches them when it loads the model; with plain transformers call "
+            "`pancapchain.model.box_features.attach_box_features(model, processor.tokenizer, enabled=True)` "
+            "after loading, or its answers will be those of a model reading boxes it was not trained on.", ""]
 
 
 def _step(step) -> str:

@@ -7,6 +7,8 @@ BOX_CLOSE = "</box>"
 
 # The four PancapChain stages, in chain order.
 STAGES = ("localize", "label", "discover", "caption")
+# Stages whose prompt gives the boxes their answer writes (given-box decoding, pancapchain.infer.given_boxes)
+GIVEN_BOX_STAGES = ("label", "caption")
 # chain stages whose answer the ground truth can stand in for (pancapchain infer --oracle-through)
 ORACLE_STAGES = ("localize", "label", "discover")
 

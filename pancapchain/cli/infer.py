@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pancapchain.constants import DIRECT, ORACLE_STAGES, STAGES
+from pancapchain.constants import DIRECT, GIVEN_BOX_STAGES, ORACLE_STAGES, STAGES
 
 
 def add_generation_args(parser: argparse.ArgumentParser) -> None:
@@ -34,18 +34,19 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
 def check_generation_args(args: argparse.Namespace) -> None:
     """Range checks of the decoding options (before the model loads)."""
     from pancapchain.cli import preflight
+    from pancapchain.errors import PreflightError
 
     preflight.at_least(args.max_new_tokens, 0, "--max-new-tokens")
     preflight.in_range(args.temperature, 1e-6, 100.0, "--temperature")
     preflight.in_range(args.top_p, 1e-6, 1.0, "--top-p")
     preflight.at_least(args.seed, 0, "--seed")
     if args.no_repeat_ngram == 1:
-        raise SystemExit("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
+        raise PreflightError("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
-    wrong = set(ordered_stages(args)) - {"label", "caption"}
+    wrong = set(ordered_stages(args)) - set(GIVEN_BOX_STAGES)
     if wrong:
-        raise SystemExit(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose from "
-                         "label, caption or 'none'")
+        raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose from "
+                         f"{', '.join(GIVEN_BOX_STAGES)} or 'none'")
 
 
 def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from pancapchain.constants import DIRECT, STAGES
+from pancapchain.constants import DIRECT, GIVEN_BOX_STAGES, STAGES
 from pancapchain.data.boxes import BoxCodec, box_iou
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prediction import PredictedEntity, Prediction, StageRecord
@@ -37,8 +37,6 @@ PLANS: dict[str, tuple[str, ...]] = {
     "no-discover": ("localize", "label", "caption"),
     "direct": (DIRECT,),
 }
-# Stages whose prompt gives the boxes their answer writes (GenerationOptions.given_boxes)
-GIVEN_BOX_STAGES = ("label", "caption")
 
 
 def output_slot(task: str) -> str:

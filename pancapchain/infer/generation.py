@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import LogitsProcessorList
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from pancapchain.constants import BOX_CLOSE, BOX_OPEN, DIRECT, LOC_TOKENS, STAGES
+from pancapchain.constants import BOX_CLOSE, BOX_OPEN, DIRECT, GIVEN_BOX_STAGES, LOC_TOKENS, STAGES
 from pancapchain.infer.given_boxes import GivenBoxes
 from pancapchain.infer.repeats import NoRepeatText, RepeatStop
 from pancapchain.model.chat import expand_image_tokens, render_prompt
@@ -52,8 +52,8 @@ class GenerationOptions:
             raise ValueError(f"stop_after={self.stop_after!r}: choose one of {STAGES}")
         if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
             raise ValueError(f"no_repeat_ngram={self.no_repeat_ngram}: 0 (off) or a run length >= 2")
-        if set(self.ordered_boxes) - {"label", "caption"}:
-            raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only 'label' and 'caption' are given boxes")
+        if set(self.ordered_boxes) - set(GIVEN_BOX_STAGES):
+            raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only {GIVEN_BOX_STAGES} are given boxes")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")

@@ -42,7 +42,6 @@ OVERRIDES = {
     "data.system_prompt": "default",
     "data.box_features": "false",
     "data.label_answer": "tag_first",
-    "data.discover_ratio": "[0.3, 0.7]",
 }
 
 

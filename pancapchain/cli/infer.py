@@ -45,8 +45,8 @@ def check_generation_args(args: argparse.Namespace) -> None:
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
     wrong = set(ordered_stages(args)) - set(GIVEN_BOX_STAGES)
     if wrong:
-        raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose from "
-                         f"{', '.join(GIVEN_BOX_STAGES)} or 'none'")
+        raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose "
+                             f"from {', '.join(GIVEN_BOX_STAGES)} or 'none'")
 
 
 def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:

@@ -75,10 +75,9 @@ class GivenBoxes(LogitsProcessor):
     def _keep_order(self, answer: list[int], boxes: list[tuple[int, ...]], scores: torch.Tensor) -> None:
         """Ordered mode for one row (``scores``: (vocab,), edited in place)."""
         done = answer.count(self.close_id)  # boxes completed so far (each was forced, so each is one of ours)
-        opened = len(answer) - 1 - answer[::-1].index(self.open_id) if self.open_id in answer else None
-        if opened is not None and self.close_id not in answer[opened:]:
-            written = len(answer) - opened - 1
-            token = self.close_id if written == BOX_LEN else boxes[done][written]
+        written = self._open_box(answer)
+        if written is not None:
+            token = self.close_id if len(written) == BOX_LEN else boxes[done][len(written)]
             keep = scores[token].clone()
             scores.fill_(float("-inf"))
             scores[token] = keep
@@ -88,17 +87,20 @@ class GivenBoxes(LogitsProcessor):
 
     def _next_ids(self, answer: list[int], options: set[tuple[int, ...]]) -> list[int] | None:
         """The ids allowed next, or None when the answer is not inside an open box."""
-        if self.open_id not in answer:
-            return None
-        start = len(answer) - 1 - answer[::-1].index(self.open_id)
-        written = tuple(answer[start + 1 :])
-        if self.close_id in written or len(written) > BOX_LEN:
+        written = self._open_box(answer)
+        if written is None:
             return None
         if len(written) == BOX_LEN:
             return [self.close_id]
         ids = sorted({box[len(written)] for box in options if box[: len(written)] == written})
         return ids or None  # a prefix no given box has (cannot happen from a constrained start): leave it free
 
+    def _open_box(self, answer: list[int]) -> tuple[int, ...] | None:
+        """The location tokens written since the answer's last ``<box>``, or None when no box is open."""
+        if self.open_id not in answer:
+            return None
+        written = tuple(answer[len(answer) - answer[::-1].index(self.open_id) :])
+        return None if self.close_id in written or len(written) > BOX_LEN else written
 
 def boxes_in(ids: Sequence[int], open_id: int, close_id: int, loc_ids: set[int]) -> list[tuple[int, ...]]:
     """Every ``<box> l1 l2 l3 l4 </box>`` group of a token sequence, as the 4-tuple of location-token ids, in

@@ -102,6 +102,9 @@ class DataSection:
         "task -> loss weight; 0 = not trained (keys merge with these defaults, so set 0 to drop one). Keys: the "
         "four chain stages (default 1) and the extra box tasks segcap/region (default 0)",
         factory=lambda: {t: float(t in STAGES) for t in TASKS})
+    stage_rates: dict[str, float] = doc(
+        "task -> training examples per scene per epoch (default 1): 2 writes the task twice, 0.5 keeps it for "
+        "about half of the scenes (seeded); the eval loss always uses one of each", factory=dict)
     system_prompt: str = doc(
         "chat system text before every prompt: 'default' = the prompt set's (LLaVA-1.5's), '' = none, or a text; "
         "the checkpoint records it and inference uses it", "default")
@@ -255,6 +258,7 @@ def validate(cfg: RecipeConfig) -> None:
     problems += prompt_problems(d.prompt_version, [t for t in EXTRA_TASKS if d.stages.get(t, 0.0) > 0])
     if any(w < 0 for w in d.stages.values()) or not any(w > 0 for w in d.stages.values()):
         problems.append("data.stages weights must be >= 0 with at least one stage > 0")
+    problems += _rate_problems(d)
     from pancapchain.data.stages import (
         discover_ratio_problem,  # the one rule; imported late: data depends on config
     )
@@ -328,6 +332,18 @@ def prompt_problems(version: str, tasks: list[str]) -> list[str]:
         return []
     files = ", ".join(f"prompts/{version}/{t}.yaml" for t in missing)
     return [f"data.stages trains {missing} but prompt version {version!r} has no {files}: add it or set weight 0"]
+
+
+def _rate_problems(d: DataSection) -> list[str]:
+    bad = {t: r for t, r in d.stage_rates.items() if t not in TASKS or not isinstance(r, (int, float)) or r <= 0}
+    if bad:
+        return [f"data.stage_rates {bad}: keys are tasks {list(TASKS)}, values numbers > 0 (to drop a task, "
+                "set its data.stages weight to 0)"]
+    idle = sorted(t for t in d.stage_rates if d.stages.get(t, 0.0) <= 0)
+    if idle:
+        return [f"data.stage_rates sets {idle}, which data.stages does not train (weight 0): drop the rate or "
+                "give the task a weight"]
+    return []
 
 
 def active_stages(cfg: RecipeConfig) -> list[str]:

@@ -8,7 +8,9 @@ Images are decoded later, in the collator; here they are only opened and verifie
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import datasets
@@ -62,10 +64,12 @@ def collect_stage_examples(
     mask_stages: Sequence[str] = (),
     item_order: str = "caption",
     label_answer: str = "tag_first",
+    rates: Mapping[str, float] | None = None,
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
-    ``stages`` are any of TASKS. For tasks in ``mask_stages`` the third element lists the answer's box groups
+    ``stages`` are any of TASKS. ``rates`` (task -> examples per sample, default 1) repeats or thins a task:
+    see :func:`copies_of`; a repeated stage 3 hides another subset in each copy. For tasks in ``mask_stages`` the third element lists the answer's box groups
     that ground entities with masks (``pancapchain.mask.targets``); otherwise it is "".
     Raises PromptError when ``prompts`` has no template for a requested task.
     """
@@ -84,9 +88,14 @@ def collect_stage_examples(
             report.skip(sample.id, problem)
             continue
         no_example: list[tuple[str, str]] = []
+        counts = {s: copies_of((rates or {}).get(s, 1.0), sample.id, s, seed) for s in stages}
         try:
-            examples = build_stage_examples(sample, prompts, codec, stages, tuple(discover_ratio), seed, no_example,
-                                            item_order=item_order, label_answer=label_answer)
+            examples = []
+            for copy in range(max(counts.values(), default=0)):
+                wanted = [s for s in stages if counts[s] > copy]
+                examples += build_stage_examples(sample, prompts, codec, wanted, tuple(discover_ratio), seed + copy,
+                                                 no_example if copy == 0 else None, item_order=item_order,
+                                                 label_answer=label_answer)
         except SampleError as err:
             if strict:
                 raise
@@ -98,6 +107,20 @@ def collect_stage_examples(
         kept += 1
     report.kept = kept
     return out, report
+
+
+def copies_of(rate: float, sample_id: str, task: str, seed: int) -> int:
+    """Examples of ``task`` that sample ``sample_id`` gives: floor(rate), plus one with probability frac(rate).
+
+    The draw hashes (seed, task, id), so a rerun, a resumed run and every process see the same rows; rate 1
+    is exactly one copy, 0.5 keeps the task for about half of the samples, 2 writes it twice.
+    """
+    whole = math.floor(rate)
+    if rate == whole:
+        return int(whole)
+    digest = hashlib.sha256(f"{seed}/{task}/{sample_id}".encode()).digest()
+    draw = int.from_bytes(digest[:8], "big") / 2**64
+    return int(whole) + int(draw < rate - whole)
 
 
 def _mask_json(ex: StageExample, sample: PanopticSample, codec: BoxCodec, mask_stages: Sequence[str]) -> str:

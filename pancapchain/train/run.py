@@ -111,7 +111,7 @@ def _cpu_distributed_backend() -> str | None:
     return "gloo"
 
 
-def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
+def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0, rates=None):
     return collect_stage_examples(
         path,
         cfg.data.image_root or None,
@@ -125,6 +125,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0):
         mask_stages=list(cfg.mask.stages) if cfg.mask.enabled else (),
         item_order=cfg.data.item_order,
         label_answer=cfg.data.label_answer,
+        rates=rates,
     )
 
 
@@ -149,7 +150,7 @@ def build_run(cfg: RecipeConfig) -> Run:
     set_seed(cfg.train.seed)
     prompts = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt)
     codec = BoxCodec(cfg.data.box_format)
-    train_pairs, train_report = _data(cfg, prompts, codec, cfg.data.train)
+    train_pairs, train_report = _data(cfg, prompts, codec, cfg.data.train, rates=cfg.data.stage_rates)
     val_pairs, val_report = ([], None)
     if cfg.data.val:
         val_pairs, val_report = _data(cfg, prompts, codec, cfg.data.val, cfg.data.max_val_samples)

@@ -171,6 +171,8 @@ CASES = [
      "--no-repeat-ngram 1 would forbid every token already written"),
     ("infer-ordered-boxes-localize", [*INFER, "--out", "p.jsonl", "--ordered-boxes", "label,localize"],
      "pancapchain infer", "['localize'] give no boxes; choose from label, caption or 'none'"),
+    ("infer-free-boxes-ordered", [*INFER, "--out", "p.jsonl", "--free-boxes", "--ordered-boxes", "label"],
+     "pancapchain infer", "--ordered-boxes 'label' orders the given boxes, which --free-boxes turns off"),
     ("infer-temperature-0", [*INFER, "--out", "p.jsonl", "--temperature", "0"], "pancapchain infer",
      "--temperature 0.0: must be between"),
     ("infer-limit-negative", [*INFER, "--out", "p.jsonl", "--limit", "-1"], "pancapchain infer",

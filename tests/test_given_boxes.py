@@ -122,3 +122,18 @@ def test_ordered_boxes_are_only_for_given_box_stages():
     assert GenerationOptions().ordered_boxes == ("label",)
     with pytest.raises(ValueError, match="ordered_boxes"):
         GenerationOptions(ordered_boxes=("localize",))
+
+
+def test_free_boxes_turn_ordering_off_and_refuse_an_explicit_order():
+    """--free-boxes alone orders nothing (it used to keep the label default and ignore it); GenerationOptions
+    refuses an order without given boxes."""
+    from argparse import Namespace
+
+    from pancapchain.cli.infer import generation_options
+
+    base = dict(max_new_tokens=0, sample=False, temperature=1.0, top_p=1.0, seed=0, stop_after=None)
+    assert generation_options(Namespace(**base, free_boxes=True, ordered_boxes=None)).ordered_boxes == ()
+    assert generation_options(Namespace(**base, free_boxes=False, ordered_boxes=None)).ordered_boxes == ("label",)
+    assert generation_options(Namespace(**base, free_boxes=False, ordered_boxes="none")).ordered_boxes == ()
+    with pytest.raises(ValueError, match="needs given_boxes"):
+        GenerationOptions(given_boxes=False, ordered_boxes=("label",))

@@ -22,9 +22,10 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--free-boxes", action="store_true",
                         help="let the label and caption stages write boxes their prompt does not give "
                              "(default: only the given ones; location-token box format)")
-    parser.add_argument("--ordered-boxes", default="label",
+    parser.add_argument("--ordered-boxes", default=None,
                         help="comma-separated given-box stages (label, caption) whose answer must write every "
-                             "given box once, in the prompt's order; 'none': no stage (default: label)")
+                             "given box once, in the prompt's order; 'none': no stage (default: label; none "
+                             "with --free-boxes)")
     parser.add_argument("--no-repeat-ngram", type=int, default=8,
                         help="captions: forbid the token that would repeat a run of N tokens of the same answer, "
                              "so a loop goes on with new text instead of ending the caption (0: off)")
@@ -43,6 +44,9 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if args.no_repeat_ngram == 1:
         raise PreflightError("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
+    if getattr(args, "free_boxes", False) and ordered_stages(args):
+        raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r} orders the given boxes, which --free-boxes "
+                             "turns off: drop one of the two")
     wrong = set(ordered_stages(args)) - set(GIVEN_BOX_STAGES)
     if wrong:
         raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose "
@@ -50,8 +54,11 @@ def check_generation_args(args: argparse.Namespace) -> None:
 
 
 def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:
-    """The stages of ``--ordered-boxes`` ('none' or empty: no stage)."""
-    text = getattr(args, "ordered_boxes", "label").strip()
+    """The stages of ``--ordered-boxes`` ('none' or empty: no stage; unset: label, or none with --free-boxes)."""
+    text = getattr(args, "ordered_boxes", None)
+    if text is None:
+        return () if getattr(args, "free_boxes", False) else ("label",)
+    text = text.strip()
     return () if text in ("", "none") else tuple(s.strip() for s in text.split(",") if s.strip())
 
 

@@ -52,6 +52,8 @@ class GenerationOptions:
             raise ValueError(f"stop_after={self.stop_after!r}: choose one of {STAGES}")
         if self.no_repeat_ngram < 0 or self.no_repeat_ngram == 1:
             raise ValueError(f"no_repeat_ngram={self.no_repeat_ngram}: 0 (off) or a run length >= 2")
+        if self.ordered_boxes and not self.given_boxes:
+            raise ValueError(f"ordered_boxes={self.ordered_boxes!r} orders given boxes: needs given_boxes=True")
         if set(self.ordered_boxes) - set(GIVEN_BOX_STAGES):
             raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only {GIVEN_BOX_STAGES} are given boxes")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}

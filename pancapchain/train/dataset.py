@@ -68,9 +68,10 @@ def collect_stage_examples(
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
-    ``stages`` are any of TASKS. ``rates`` (task -> examples per sample, default 1) repeats or thins a task:
-    see :func:`copies_of`; a repeated stage 3 hides another subset in each copy. For tasks in ``mask_stages`` the third element lists the answer's box groups
-    that ground entities with masks (``pancapchain.mask.targets``); otherwise it is "".
+    ``stages`` are any of TASKS. ``rates`` (task -> examples per sample, default 1) repeats or thins a task
+    (:func:`copies_of`); a repeated stage 3 hides another subset in each copy. For tasks in ``mask_stages``
+    the third element lists the answer's box groups that ground entities with masks
+    (``pancapchain.mask.targets``); otherwise it is "".
     Raises PromptError when ``prompts`` has no template for a requested task.
     """
     prompts.require(stages)

@@ -102,6 +102,7 @@ class GivenBoxes(LogitsProcessor):
         written = tuple(answer[len(answer) - answer[::-1].index(self.open_id) :])
         return None if self.close_id in written or len(written) > BOX_LEN else written
 
+
 def boxes_in(ids: Sequence[int], open_id: int, close_id: int, loc_ids: set[int]) -> list[tuple[int, ...]]:
     """Every ``<box> l1 l2 l3 l4 </box>`` group of a token sequence, as the 4-tuple of location-token ids, in
     order of first appearance, each once."""

@@ -13,7 +13,8 @@ than the probe (docs/learning_quality.md).
 Also printed: what the tower knows of each *whole* shape. Every thing's patch features are averaged with its
 exact mask shares as weights (a perfect box, better than the chain's), and two fresh linear classifiers name its
 kind (circle, ring, ...) and its colour from that mean: ``shape_kind_acc`` / ``shape_colour_acc`` on the
-held-out things, ``seen_kind_acc`` on training scenes the probe was not fitted on (scenes the base may have
+held-out things, ``box_kind_acc`` the kind from the mean over the thing's *box* (what the chain's box features
+hand the label stage), ``seen_kind_acc`` on training scenes the probe was not fitted on (scenes the base may have
 been pretrained on: a gap to ``shape_kind_acc`` is memorisation).
 """
 
@@ -33,6 +34,7 @@ from pancapchain.constants import LOC_BINS  # noqa: E402
 from pancapchain.data.io import load_samples  # noqa: E402
 from pancapchain.model.vision_pretrain import (  # noqa: E402
     DenseHead,
+    box_shares,
     build_targets,
     dense_loss,
     load_pixels,
@@ -90,13 +92,15 @@ def probe(base: Path, train: Path, val: Path, images: int, steps: int, seed: int
     }
 
 
-def pooled_things(features: torch.Tensor, samples, grid: int) -> tuple[torch.Tensor, list[str], list[str]]:
-    """(T, D) mask-weighted mean features of every thing of ``samples`` (features (N, G*G, D)), kinds, colours.
+def pooled_things(features: torch.Tensor, samples, grid: int, by_box: bool = False
+                  ) -> tuple[torch.Tensor, list[str], list[str]]:
+    """(T, D) mean features of every thing of ``samples`` (features (N, G*G, D)), kinds, colours.
 
-    Synthetic thing tags read "<colour> <kind>"."""
+    The mean is weighted by the thing's exact mask shares, or with ``by_box`` by its box's (as box features
+    pool). Synthetic thing tags read "<colour> <kind>"."""
     pooled, kinds, colours = [], [], []
     for sample, feats in zip(samples, features):
-        share, _ = thing_shares(sample, patch_shares(sample, grid), {})
+        share = box_shares(sample, grid) if by_box else thing_shares(sample, patch_shares(sample, grid), {})[0]
         pooled.append(share @ feats)
         tags = [e.tag.split() for e in sample.entities if e.is_thing]
         kinds += [t[-1] for t in tags]
@@ -129,8 +133,11 @@ def shape_probe(f_train, train_samples, f_seen, seen_samples, f_val, val_samples
     x_val, k_val, c_val = pooled_things(f_val, val_samples, grid)
     kind_val, kind_seen = linear_accuracy(x_fit, k_fit, [(x_val, k_val), (x_seen, k_seen)])
     (colour_val,) = linear_accuracy(x_fit, c_fit, [(x_val, c_val)])
-    return {"things": len(k_val), "shape_kind_acc": round(kind_val, 3), "kinds": len(set(k_fit)),
-            "shape_colour_acc": round(colour_val, 3), "seen_kind_acc": round(kind_seen, 3)}
+    xb_fit, kb_fit, _ = pooled_things(f_train, train_samples, grid, by_box=True)
+    xb_val, kb_val, _ = pooled_things(f_val, val_samples, grid, by_box=True)
+    (box_kind,) = linear_accuracy(xb_fit, kb_fit, [(xb_val, kb_val)])
+    return {"things": len(k_val), "shape_kind_acc": round(kind_val, 3), "box_kind_acc": round(box_kind, 3),
+            "kinds": len(set(k_fit)), "shape_colour_acc": round(colour_val, 3), "seen_kind_acc": round(kind_seen, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

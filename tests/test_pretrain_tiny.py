@@ -16,6 +16,7 @@ from pancapchain.model.vision_pretrain import (
     build_targets,
     dense_loss,
     entity_loss,
+    mirror_pixels,
     patch_targets,
     tag_vocabulary,
 )
@@ -73,6 +74,39 @@ def test_entity_targets_hold_each_shapes_patch_shares_and_tag():
     expected[0] = 1.0  # the shape fills the first patch only
     torch.testing.assert_close(targets.entity_share[0, 0], expected)
     assert targets.take(torch.tensor([1])).entity_class.tolist() == [[-1]]
+
+
+def test_box_pooled_entity_targets_spread_over_the_boxes_patches():
+    thing_box = (0.0, 0.0, 0.5, 0.25)  # its mask fills the left half: two patches by box, one by mask
+    h = w = 64
+    mask = box_to_mask((0.0, 0.0, 0.25, 0.25), h, w)
+    ground = Entity(0, "grass", (0.0, 0.0, 1.0, 1.0), encode_rle(box_to_mask((0, 0, 1, 1), h, w)), is_thing=False)
+    scene = PanopticSample("s", "images/s.png", w, h, (ground, Entity(1, "red ring", thing_box, encode_rle(mask))), "c")
+    vocab = tag_vocabulary([scene])
+    by_mask = build_targets([scene], 4, vocab).entity_share[0, 0]
+    by_box = build_targets([scene], 4, vocab, entity_pool="box").entity_share[0, 0]
+    assert by_mask[0] == pytest.approx(1.0) and by_mask[1:].sum() == pytest.approx(0.0)
+    assert by_box[:2].tolist() == pytest.approx([0.5, 0.5]) and by_box[2:].sum() == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="entity_pool"):
+        build_targets([scene], 4, vocab, entity_pool="area")
+
+
+def test_mirrored_targets_match_the_targets_of_the_mirrored_scene():
+    scene = _scene(64, 64)  # the shape in the top-left patch; its mirror image has it in the top-right one
+    box = scene.entities[1].box
+    mirrored_box = (1 - box[2], box[1], 1 - box[0], box[3])
+    shape = Entity(1, "red square", mirrored_box, encode_rle(box_to_mask(mirrored_box, 64, 64)))
+    mirror_scene = PanopticSample("m", "images/m.png", 64, 64, (scene.entities[0], shape), "caption")
+    vocab = tag_vocabulary([scene])
+    both = build_targets([scene, scene], 4, vocab).mirrored(torch.tensor([True, False]))
+    expected = build_targets([mirror_scene], 4, vocab)
+    for name in ("classes", "boxes", "box_weight", "thing", "entity_share", "entity_class"):
+        torch.testing.assert_close(getattr(both, name)[0], getattr(expected, name)[0], msg=name)
+        torch.testing.assert_close(getattr(both, name)[1], getattr(build_targets([scene], 4, vocab), name)[0])
+    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    flipped = mirror_pixels(pixels, torch.tensor([False, True]))
+    torch.testing.assert_close(flipped[0], pixels[0])
+    torch.testing.assert_close(flipped[1, :, :, 0], pixels[1, :, :, 3])
 
 
 def test_entity_loss_names_each_shape_from_its_pooled_features():
@@ -144,8 +178,11 @@ def test_pretrain_tiny_saves_a_base_that_transformers_and_a_bins_recipe_load(tmp
     moved_lm = dict(lm_trained.model.language_model.named_parameters())
     assert any(not torch.equal(p, moved_lm[n]) for n, p in random_base.model.language_model.named_parameters())
 
-    binned = pretrain_tiny(cfg, tmp_path / "base_bins", seconds=1.0, batch_size=4, box_head="bins")
+    assert report["entity_pool"] == "mask" and report["mirror"] is False  # the defaults
+    binned = pretrain_tiny(cfg, tmp_path / "base_bins", seconds=1.0, batch_size=4, box_head="bins",
+                           entity_weight=1.0, entity_pool="box", mirror=True)
     assert binned["box_head"] == "bins" and binned["steps"] > 0 and 0.0 <= binned["box_l1"] <= 4.0
+    assert binned["entity_pool"] == "box" and binned["mirror"] is True and 0.0 <= binned["entity_acc"] <= 1.0
 
     assert load_recipe("recipes/tiny_chain.yaml", [f"model.base={out}", f"data.train={train}"]).model.base == str(out)
     with pytest.raises(ConfigError, match="needs <loc_i> tokens"):
@@ -186,4 +223,6 @@ def test_an_unknown_box_head_is_refused_before_any_work(tmp_path):
     cfg = load_recipe("recipes/tiny_chain.yaml", [f"data.train={tmp_path / 'missing.jsonl'}"])
     with pytest.raises(UserError, match="box head must be one of"):
         pretrain_tiny(cfg, tmp_path / "base", 1.0, box_head="boxes")
+    with pytest.raises(UserError, match="entity pool must be one of"):
+        pretrain_tiny(cfg, tmp_path / "base", 1.0, entity_pool="area")
     assert not (tmp_path / "base").exists()

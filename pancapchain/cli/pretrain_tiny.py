@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--entity-weight", type=float, default=None,
                         help="weight of the loss that names each shape from its pooled patch features, 0 = off "
                              "(default: ENTITY_WEIGHT of pancapchain.model.pretrain_tiny)")
+    parser.add_argument("--entity-pool", choices=("mask", "box"), default=None,
+                        help="what the whole-shape loss averages: the shape's mask or its box's patches, as the "
+                             "chain's box features do (default: ENTITY_POOL of pancapchain.model.pretrain_tiny)")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                        help="mirror a random half of each batch left-right, targets too (default: MIRROR of "
+                             "pancapchain.model.pretrain_tiny)")
     parser.add_argument("--lm-seconds", type=float, default=None,
                         help="then train the language model on the caption rows without their images for this "
                              "long, so it learns to copy the listed tags and boxes, 0 = off (default: LM_SECONDS "
@@ -52,13 +58,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_recipe(args.recipe, args.overrides)
     preflight.existing_file(cfg.data.train, "data.train")
     preflight.output_dir(args.out, "--out")
-    from pancapchain.model.pretrain_tiny import ENTITY_WEIGHT, LM_SECONDS, THING_WEIGHT, pretrain_tiny
+    from pancapchain.model.pretrain_tiny import (
+        ENTITY_POOL,
+        ENTITY_WEIGHT,
+        LM_SECONDS,
+        MIRROR,
+        THING_WEIGHT,
+        pretrain_tiny,
+    )
 
     weight = THING_WEIGHT if args.thing_weight is None else args.thing_weight
     entity = ENTITY_WEIGHT if args.entity_weight is None else args.entity_weight
     report = pretrain_tiny(cfg, args.out, args.seconds, lr=args.lr, batch_size=args.batch_size,
                           box_head=args.box_head, thing_weight=weight, entity_weight=entity,
-                          lm_seconds=LM_SECONDS if args.lm_seconds is None else args.lm_seconds)
+                          lm_seconds=LM_SECONDS if args.lm_seconds is None else args.lm_seconds,
+                          entity_pool=ENTITY_POOL if args.entity_pool is None else args.entity_pool,
+                          mirror=MIRROR if args.mirror is None else args.mirror)
     whole = f", whole shapes {report['entity_acc']:.3f}" if "entity_acc" in report else ""
     if "lm_steps" in report:
         whole += (f"; language model: {report['lm_steps']} steps on {report['lm_rows']} caption rows without "

@@ -33,6 +33,9 @@ ENTITY_WEIGHT = 0.0
 # text-only caption rows for the language model: off by default, as the copying it taught did not lift the chain
 # end to end within the same minutes (docs/learning_quality.md, "What the caption stage copies")
 LM_SECONDS = 0.0
+# what the whole-shape loss pools: "mask" (exact shares) or "box" (the box's patches, as box features read them)
+ENTITY_POOL = "mask"
+MIRROR = False  # mirror half of each batch left-right (the synthetic shapes are symmetric)
 
 
 def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str], list[StageExample]]:
@@ -55,6 +58,7 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str], list[StageE
 def pretrain_tiny(
     cfg: RecipeConfig, out: Path, seconds: float, *, lr: float = 3e-3, batch_size: int = 64, box_head: str = "l1",
     thing_weight: float = THING_WEIGHT, entity_weight: float = ENTITY_WEIGHT, lm_seconds: float = LM_SECONDS,
+    entity_pool: str = ENTITY_POOL, mirror: bool = MIRROR,
 ) -> dict:
     """Build the recipe's tiny base, pretrain its tower for ``seconds`` on ``data.train``, save it to ``out``.
 
@@ -62,14 +66,23 @@ def pretrain_tiny(
     of the location tokens (:class:`pancapchain.model.vision_pretrain.DenseHead`; a better tower probe, but
     lower PancapScores in the full benchmark: docs/learning_quality.md). ``thing_weight``: weight of the
     patches a shape owns in the tag and box losses (the other patches weigh 1). ``entity_weight``: weight of the
-    loss that names each shape from its mask-weighted mean patch feature (0 = off). ``lm_seconds``: then train
-    the language model for that long on the caption rows without images (0 = off).
+    loss that names each shape from its mean patch feature (0 = off), weighted by its mask or its box
+    (``entity_pool``). ``mirror``: mirror half of each batch left-right. ``lm_seconds``: then train the language model for that long on the caption rows without
+    images (0 = off).
 
     Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
     """
     from pancapchain.model.build import load_base
-    from pancapchain.model.vision_pretrain import build_targets, load_pixels, pretrain_vision, tag_vocabulary
+    from pancapchain.model.vision_pretrain import (
+        ENTITY_POOLS,
+        build_targets,
+        load_pixels,
+        pretrain_vision,
+        tag_vocabulary,
+    )
 
+    if entity_pool not in ENTITY_POOLS:
+        raise UserError(f"pretrain-tiny: entity pool must be one of {ENTITY_POOLS}, not {entity_pool!r}")
     if box_head not in BOX_HEADS:
         raise UserError(f"pretrain-tiny: box head must be one of {BOX_HEADS}, not {box_head!r}")
     if cfg.model.base != "tiny":
@@ -85,11 +98,11 @@ def pretrain_tiny(
     vocab = tag_vocabulary(samples)
     root = Path(cfg.data.image_root) if cfg.data.image_root else Path(cfg.data.train).parent
     pixels = load_pixels(samples, root, processor.image_processor)
-    targets = build_targets(samples, grid, vocab)
+    targets = build_targets(samples, grid, vocab, entity_pool)
     prepared = time.monotonic() - started
     stats = pretrain_vision(model, pixels, targets, seconds=seconds, lr=lr, batch_size=batch_size,
                             seed=cfg.model.tiny.seed, box_bins=LOC_BINS + 1 if box_head == "bins" else 0,
-                            thing_weight=thing_weight, entity_weight=entity_weight)
+                            thing_weight=thing_weight, entity_weight=entity_weight, mirror=mirror)
     if lm_seconds > 0:
         stats.update(pretrain_caption_text(model, processor, cfg, captions, lm_seconds))
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +112,7 @@ def pretrain_tiny(
         "task": f"dense patch tags + owner boxes, {box_head} head (pancapchain.model.vision_pretrain)",
         "data": str(cfg.data.train), "images": len(samples), "classes": len(vocab),
         "box_format": cfg.data.box_format, "box_head": box_head, "thing_weight": thing_weight,
-        "entity_weight": entity_weight, "lm_pretrain_seconds": lm_seconds,
+        "entity_weight": entity_weight, "entity_pool": entity_pool, "mirror": mirror, "lm_pretrain_seconds": lm_seconds,
         "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
         "prepare_seconds": round(prepared, 1), **stats,
         "total_seconds": round(time.monotonic() - started, 1),

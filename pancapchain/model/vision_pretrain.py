@@ -37,9 +37,11 @@ from tqdm import tqdm
 from pancapchain.data.schema import PanopticSample
 from pancapchain.mask.rle import box_to_mask, decode_rle, masks_to_square
 from pancapchain.mask.targets import box_on_square
+from pancapchain.model.box_features import patch_weights
 from pancapchain.model.soft_bins import gaussian_bin_targets
 
 PAD_CLASS = "<pad>"
+ENTITY_POOLS = ("mask", "box")
 THING_SHARE = 0.2  # a thing owning >= 20% of a patch owns it: shapes are small next to the stuff around them
 
 
@@ -59,6 +61,30 @@ class DenseTargets:
         """The targets of the images ``idx`` (a batch)."""
         extra = (None, None) if self.entity_share is None else (self.entity_share[idx], self.entity_class[idx])
         return DenseTargets(self.classes[idx], self.boxes[idx], self.box_weight[idx], self.thing[idx], *extra)
+
+    def mirrored(self, rows: torch.Tensor) -> DenseTargets:
+        """These targets with the images ``rows`` (B,) bool mirrored left-right, as :func:`mirror_pixels` does.
+
+        Exact on the patch grid: patch column j becomes G-1-j, a box (x1, y1, x2, y2) becomes (1-x2, y1, 1-x1, y2).
+        The synthetic shapes are left-right symmetric, so every tag stays true."""
+        grid = math.isqrt(self.classes.shape[1])
+
+        def cols(t: torch.Tensor, lead: int) -> torch.Tensor:  # flip the grid's column axis of (B, [E,] G*G, ...)
+            shape = t.shape
+            flipped = t.reshape(*shape[:lead], grid, grid, *shape[lead + 1 :]).flip(lead + 1).reshape(shape)
+            return torch.where(rows.view(-1, *[1] * (t.dim() - 1)), flipped, t)
+
+        boxes = cols(self.boxes, 1)
+        boxes = torch.where(rows.view(-1, 1, 1), torch.stack([1 - boxes[..., 2], boxes[..., 1], 1 - boxes[..., 0],
+                                                               boxes[..., 3]], -1), boxes)
+        share = None if self.entity_share is None else cols(self.entity_share, 2)
+        return DenseTargets(cols(self.classes, 1), boxes, cols(self.box_weight, 1), cols(self.thing, 1), share,
+                            self.entity_class)
+
+
+def mirror_pixels(pixels: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) pixels with the images ``rows`` (B,) bool mirrored left-right."""
+    return torch.where(rows.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
 
 
 def tag_vocabulary(samples: Sequence[PanopticSample]) -> dict[str, int]:
@@ -117,12 +143,30 @@ def thing_shares(sample: PanopticSample, shares: np.ndarray, vocab: dict[str, in
     return mine / mine.sum(-1, keepdim=True).clamp_min(1e-6), torch.tensor(tags)
 
 
-def build_targets(samples: Sequence[PanopticSample], grid: int, vocab: dict[str, int]) -> DenseTargets:
+def box_shares(sample: PanopticSample, grid: int) -> torch.Tensor:
+    """(T, G*G): each thing's box share of every patch of the padded square, rows summing to 1.
+
+    The weights :mod:`pancapchain.model.box_features` pools a ``</box>``'s feature with (boxes, not masks)."""
+    rows = [patch_weights([box_on_square(e.box, sample.width, sample.height)], grid)
+            for e in sample.entities if e.is_thing]
+    if not rows:
+        return torch.zeros(0, grid * grid)
+    stacked = torch.stack(rows)
+    return stacked / stacked.sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+def build_targets(samples: Sequence[PanopticSample], grid: int, vocab: dict[str, int], entity_pool: str = "mask"
+                  ) -> DenseTargets:
+    """The dense targets of ``samples``; ``entity_pool``: the things' pooling weights, "mask" (exact shares) or
+    "box" (their boxes' shares, what the chain's box features read)."""
+    if entity_pool not in ENTITY_POOLS:
+        raise ValueError(f"entity_pool must be one of {ENTITY_POOLS}, not {entity_pool!r}")
     parts, per_thing = [], []
     for sample in tqdm(samples, desc="dense targets", leave=False):
         shares = patch_shares(sample, grid)  # the masks are decoded once for both kinds of targets
         parts.append(patch_targets(sample, grid, vocab, shares))
-        per_thing.append(thing_shares(sample, shares, vocab))
+        share, tags = thing_shares(sample, shares, vocab)
+        per_thing.append((box_shares(sample, grid) if entity_pool == "box" else share, tags))
     most = max([len(c) for _, c in per_thing] + [1])
     share = torch.zeros(len(samples), most, grid * grid)
     cls = torch.full((len(samples), most), -1, dtype=torch.long)
@@ -248,11 +292,13 @@ def pretrain_vision(
     box_bins: int = 0,
     thing_weight: float = 1.0,
     entity_weight: float = 0.0,
+    mirror: bool = False,
 ) -> dict:
     """Train ``model``'s vision tower in place on the dense targets for ``seconds`` (or ``max_steps``).
 
     ``box_bins``: 0 regresses the owner boxes, K > 0 classifies each coordinate into K bins (:class:`DenseHead`).
-    ``thing_weight``: weight of the things' patches in the loss (:func:`dense_loss`).
+    ``thing_weight``: weight of the things' patches in the loss (:func:`dense_loss`). ``mirror``: mirror a random
+    half of each batch left-right (targets too), so the tower sees twice as many distinct scenes.
     Linear warmup (5% of the budget) then cosine decay on elapsed time. Returns the metrics averaged over the
     last 20 steps (class_ce, box_l1, class_acc, thing_acc) with the step count and seconds.
     """
@@ -273,7 +319,11 @@ def pretrain_vision(
         for group in optimizer.param_groups:
             group["lr"] = lr * (frac / 0.05 if frac < 0.05 else 0.5 * (1 + math.cos(math.pi * (frac - 0.05) / 0.95)))
         idx = torch.randint(0, len(pixels), (batch_size,))
-        loss, metrics = dense_loss(head, patch_features(model, pixels[idx]), targets.take(idx), thing_weight,
+        batch_pixels, batch_targets = pixels[idx], targets.take(idx)
+        if mirror:
+            rows = torch.rand(batch_size) < 0.5
+            batch_pixels, batch_targets = mirror_pixels(batch_pixels, rows), batch_targets.mirrored(rows)
+        loss, metrics = dense_loss(head, patch_features(model, batch_pixels), batch_targets, thing_weight,
                                    entity_weight)
         recent = (recent + [metrics])[-20:]
         optimizer.zero_grad(set_to_none=True)

@@ -14,6 +14,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# A one-layer LLaVA on a 32-px image (4 x 4 patches of 8 px), for the hook and decoding tests
+MICRO_LLAVA = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
+                   vision_hidden_size=16, vision_layers=1, vision_heads=1, image_size=32, patch_size=8,
+                   vocab_size=300)
+
+
+def micro_llava(tokenizer):
+    """(model in eval mode, processor) of :data:`MICRO_LLAVA` around ``tokenizer`` (vocabulary <= 300)."""
+    from pancapchain.config import TinyModelConfig
+    from pancapchain.model.tiny import build_processor, build_tiny_model
+
+    cfg = TinyModelConfig(**MICRO_LLAVA)
+    return build_tiny_model(tokenizer, cfg).eval(), build_processor(tokenizer, cfg)
+
+
 SHAPES = [
     ("red square", (0.10, 0.10, 0.45, 0.50), (220, 30, 30)),
     ("blue square", (0.55, 0.40, 0.90, 0.90), (30, 30, 220)),

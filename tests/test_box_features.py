@@ -6,21 +6,18 @@ import json
 
 import pytest
 import torch
+from conftest import micro_llava
 
-from pancapchain.config import TinyModelConfig
 from pancapchain.model.box_features import BoxFeatures, attach_box_features, patch_weights
-from pancapchain.model.tiny import build_processor, build_tiny_model, build_tokenizer
+from pancapchain.model.tiny import build_tokenizer
 
-CFG = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
-                      vision_hidden_size=16, vision_layers=1, vision_heads=1, image_size=32, patch_size=8,
-                      vocab_size=300)
 # two given boxes: bins 0-16 of 32 (top-left 2 x 2 patches) and x 24-32, y 8-32 (column 3, rows 1-3)
 PROMPT = "<image>" * 16 + "tag these <box><loc_0><loc_0><loc_16><loc_16></box>, <box><loc_24><loc_8><loc_32><loc_32></box>"
 
 
 def tiny():
     tokenizer = build_tokenizer(["a red circle at the left", "tag these"] * 5, 300, loc_tokens=True)
-    return build_tiny_model(tokenizer, CFG).eval(), build_processor(tokenizer, CFG)
+    return micro_llava(tokenizer)
 
 
 def test_patch_weights_are_the_share_of_each_patch_inside_the_boxes():

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import micro_llava
 from PIL import Image
 
-from pancapchain.config import TinyModelConfig
 from pancapchain.constants import BOX_CLOSE, BOX_OPEN, LOC_TOKENS
 from pancapchain.data.boxes import find_box_groups
 from pancapchain.infer.chain import GIVEN_BOX_STAGES
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.given_boxes import GivenBoxes, boxes_in
-from pancapchain.model.tiny import build_processor, build_tiny_model, build_tokenizer
+from pancapchain.model.tiny import build_tokenizer
 
 TOKENIZER = build_tokenizer(["a red square", "tags of all entities"], vocab_size=300, loc_tokens=True)
 OPEN, CLOSE = TOKENIZER.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
@@ -20,11 +20,8 @@ LOC = TOKENIZER.convert_tokens_to_ids(list(LOC_TOKENS))
 
 
 def tiny_llava():
-    cfg = TinyModelConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
-                          vision_hidden_size=16, vision_layers=1, vision_heads=1, image_size=32, patch_size=8,
-                          vocab_size=300)
     torch.manual_seed(0)
-    return build_tiny_model(TOKENIZER, cfg).eval(), build_processor(TOKENIZER, cfg)
+    return micro_llava(TOKENIZER)
 
 
 def box(*bins: int) -> list[int]:

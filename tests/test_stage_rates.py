@@ -77,3 +77,18 @@ def test_bad_rates_fail_with_what_to_change(override: str, words: str):
 def test_rates_reach_the_recipe():
     cfg = load_recipe(None, ["data.stage_rates={caption: 2, discover: 0.5}"])
     assert cfg.data.stage_rates == {"caption": 2, "discover": 0.5}
+
+
+def test_samples_read_by_the_caller_are_not_read_again(tmp_path: Path):
+    """``loaded`` (pretrain-tiny reads the file once for the tokenizer and the tower) gives the same examples."""
+    from pancapchain.data.io import load_samples
+
+    train = _scenes(tmp_path / "data", 6)
+    prompts, codec = load_prompts(), BoxCodec("bins")
+    read, _ = collect_stage_examples(train, None, prompts, codec, stages=STAGES)
+    loaded = load_samples(train)
+    train.unlink()  # a second read would fail now
+    given, report = collect_stage_examples(train, None, prompts, codec, stages=STAGES, loaded=loaded)
+    assert [(ex.sample_id, ex.stage, ex.prompt, ex.target) for ex, *_ in given] == \
+        [(ex.sample_id, ex.stage, ex.prompt, ex.target) for ex, *_ in read]
+    assert report.kept == 6

@@ -18,8 +18,9 @@ from pathlib import Path
 from pancapchain.config import RecipeConfig
 from pancapchain.constants import DIRECT, LOC_BINS, STAGES
 from pancapchain.data.boxes import BoxCodec
-from pancapchain.data.io import atomic_write_json, load_samples
+from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.prompts import recipe_prompts
+from pancapchain.data.schema import PanopticSample
 from pancapchain.data.stages import StageExample
 from pancapchain.errors import UserError
 
@@ -38,9 +39,11 @@ ENTITY_POOL = "mask"
 MIRROR = False  # mirror half of each batch left-right (the synthetic shapes are symmetric)
 
 
-def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str], list[StageExample]]:
+def tokenizer_texts(cfg: RecipeConfig, loaded: tuple[list[PanopticSample], SkipReport] | None = None
+                    ) -> tuple[list[str], set[str], list[StageExample]]:
     """The texts the tiny tokenizer is trained on (every chain stage + direct, so one base serves every
-    variant's recipe), the ids of the samples that passed validation, and their caption-stage examples."""
+    variant's recipe), the ids of the samples that passed validation, and their caption-stage examples.
+    ``loaded``: ``load_samples(cfg.data.train)`` when the caller has read it already."""
     from pancapchain.train.dataset import collect_stage_examples
 
     prompts = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt)
@@ -48,7 +51,7 @@ def tokenizer_texts(cfg: RecipeConfig) -> tuple[list[str], set[str], list[StageE
     triples, _report = collect_stage_examples(
         cfg.data.train, cfg.data.image_root or None, prompts, BoxCodec(cfg.data.box_format), stages=tasks,
         discover_ratio=tuple(cfg.data.discover_ratio), seed=cfg.train.seed, strict=cfg.data.strict,
-        item_order=cfg.data.item_order, label_answer=cfg.data.label_answer,
+        item_order=cfg.data.item_order, label_answer=cfg.data.label_answer, loaded=loaded,
     )
     texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, *_ in triples]
     captions = [ex for ex, *_ in triples if ex.stage == "caption"]
@@ -89,8 +92,9 @@ def pretrain_tiny(
         raise UserError(f"pretrain-tiny builds the tiny base: the recipe's model.base is {cfg.model.base!r}, "
                         "not 'tiny'")
     started = time.monotonic()
-    texts, kept, captions = tokenizer_texts(cfg)
-    samples = [s for s in load_samples(cfg.data.train)[0] if s.id in kept]
+    loaded = load_samples(cfg.data.train, strict=cfg.data.strict)  # read once, for the tokenizer and the tower
+    texts, kept, captions = tokenizer_texts(cfg, loaded)
+    samples = [s for s in loaded[0] if s.id in kept]
     if not samples:
         raise UserError(f"pretrain-tiny: no usable sample in {cfg.data.train}")
     model, processor = load_base(cfg, texts)

@@ -65,17 +65,19 @@ def collect_stage_examples(
     item_order: str = "caption",
     label_answer: str = "tag_first",
     rates: Mapping[str, float] | None = None,
+    loaded: tuple[list[PanopticSample], SkipReport] | None = None,
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
     ``stages`` are any of TASKS. ``rates`` (task -> examples per sample, default 1) repeats or thins a task
     (:func:`copies_of`); a repeated stage 3 hides another subset in each copy. For tasks in ``mask_stages``
     the third element lists the answer's box groups that ground entities with masks
-    (``pancapchain.mask.targets``); otherwise it is "".
+    (``pancapchain.mask.targets``); otherwise it is "". ``loaded``: ``load_samples(jsonl)``'s result when the
+    caller has already read the file (it is not read again).
     Raises PromptError when ``prompts`` has no template for a requested task.
     """
     prompts.require(stages)
-    samples, report = load_samples(jsonl, strict=strict)
+    samples, report = loaded if loaded is not None else load_samples(jsonl, strict=strict)
     if max_samples > 0:
         samples = samples[:max_samples]
     root = Path(image_root) if image_root else Path(jsonl).parent

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import write_dataset
+from conftest import tiny_overrides, write_dataset
 
 from pancapchain.infer.parallel import ShardedOutput, part_files, part_path
 from pancapchain.infer.resume import append_line, marker_path
@@ -197,3 +197,60 @@ def test_a_killed_rank_resumes_without_duplicates_or_losses(case, tmp_path):
     assert part_files(out) == []
     summary = json.loads((tmp_path / "preds.summary.json").read_text())
     assert summary["already_done"] >= killed_at and summary["already_done"] + summary["written"] == 6
+
+
+@pytest.fixture(scope="module")
+def ground_case(tmp_path_factory):
+    """A tiny checkpoint with a mask head, 6 captioned images and their one-process ``ground --data`` result
+    (computed on one thread, as each launched rank runs)."""
+    import torch
+
+    from pancapchain.config import load_recipe
+    from pancapchain.infer.chain import PancapChain
+    from pancapchain.infer.ground import ground_dataset
+    from pancapchain.train.run import run_training
+
+    root = tmp_path_factory.mktemp("ground_dp")
+    data = write_dataset(root / "data", n=6)
+    model = root / "run"
+    mask = {"mask.enabled": "true", "mask.dim": "16", "mask.upsample": "1", "train.max_steps": "2"}
+    run_training(load_recipe(None, tiny_overrides(data, model, **mask)))
+    reference = root / "reference.jsonl"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ground_dataset(PancapChain.from_pretrained(str(model)), data, reference)
+    finally:
+        torch.set_num_threads(threads)
+    return model, data, reference
+
+
+@pytest.mark.timeout(LAUNCH_TIMEOUT + 60)
+def test_two_processes_ground_the_same_jsonl_as_one(ground_case, tmp_path):
+    model, data, reference = ground_case
+    out = tmp_path / "grounded.jsonl"
+    log = tmp_path / "launch.log"
+    proc = _launch(["ground", "--model", str(model), "--data", str(data), "--out", str(out)], log)
+    assert _finish(proc, log) == 0, log.read_text()[-3000:]
+    assert _n_rows(reference) == 6 and out.read_bytes() == reference.read_bytes()
+    assert part_files(out) == []
+
+
+def test_an_image_folder_keeps_one_item_per_id_and_reports_the_other(tmp_path: Path):
+    """``a.png`` and ``a.jpg`` would both write id "a" (one row lost in the merge): the second is skipped, named."""
+    from PIL import Image
+
+    from pancapchain.data.io import SkipReport
+    from pancapchain.infer.batch import list_items
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.png", "a.jpg", "sub/b.png", "notes.txt"):
+        if name.endswith("txt"):
+            (tmp_path / name).write_text("not an image")
+        else:
+            Image.new("RGB", (8, 8)).save(tmp_path / name)
+    report = SkipReport()
+    items = list_items(tmp_path, None, report)
+    assert [(it.id, it.image) for it in items] == [("a", "a.jpg"), ("sub/b", "sub/b.png")]
+    assert len(report.skipped) == 1 and report.skipped[0][0] == "a.png" and "already a.jpg" in report.skipped[0][1]
+

@@ -49,9 +49,7 @@ def list_items(
     if data.is_dir() and oracle:
         raise UserError(f"--oracle-through needs a panoptic JSONL with entities, not the image folder {data}")
     if data.is_dir():
-        files = sorted(p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        return [InferItem(p.relative_to(data).with_suffix("").as_posix(), p, p.relative_to(data).as_posix())
-                for p in files]
+        return _folder_items(data, report)
     samples, loaded = load_samples(data)
     report.skipped.extend(loaded.skipped)
     root = Path(image_root) if image_root else data.parent
@@ -64,6 +62,20 @@ def list_items(
         except SampleError as err:
             report.skip(s.id, f"bad image path: {err.problem}")
     return items
+
+
+def _folder_items(folder: Path, report: SkipReport) -> list[InferItem]:
+    """One item per image under ``folder`` (id = path without suffix). Two images that share an id (``a.png``
+    and ``a.jpg``) would write one output row: the later one is skipped and reported."""
+    items: dict[str, InferItem] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        rel = path.relative_to(folder)
+        item_id = rel.with_suffix("").as_posix()
+        if item_id in items:
+            report.skip(rel.as_posix(), f"duplicate: id {item_id} is already {items[item_id].image}")
+            continue
+        items[item_id] = InferItem(item_id, path, rel.as_posix())
+    return list(items.values())
 
 
 def _batches(items: list[InferItem], size: int) -> Iterator[list[InferItem]]:

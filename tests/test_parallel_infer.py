@@ -128,6 +128,11 @@ def _finish(proc: subprocess.Popen, log: Path) -> int:
         _stop(proc)
 
 
+def _run_launch(args: list[str], log: Path) -> None:
+    """Launch two ranks and wait; fail with the log's tail unless the launch exits 0."""
+    assert _finish(_launch(args, log), log) == 0, log.read_text()[-3000:]
+
+
 def _rank_process(launcher: subprocess.Popen, rank: int) -> psutil.Process | None:
     for child in psutil.Process(launcher.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
@@ -161,8 +166,7 @@ def test_two_processes_write_the_same_jsonl_as_one(case, tmp_path):
     model, data, reference = case
     out = tmp_path / "preds.jsonl"
     log = tmp_path / "launch.log"
-    proc = _launch(["infer", "--model", str(model), "--data", str(data), "--out", str(out), *COMMON], log)
-    assert _finish(proc, log) == 0, log.read_text()[-3000:]
+    _run_launch(["infer", "--model", str(model), "--data", str(data), "--out", str(out), *COMMON], log)
     assert out.read_bytes() == reference.read_bytes()
     assert part_files(out) == [] and sorted(p.name for p in tmp_path.iterdir()) == [
         "launch.log", "preds.jsonl", "preds.jsonl.pancapchain.json", "preds.summary.json"]
@@ -191,8 +195,7 @@ def test_a_killed_rank_resumes_without_duplicates_or_losses(case, tmp_path):
         _stop(proc)
     killed_at = _n_rows(part)
     assert 1 <= killed_at < 3 and not out.exists()  # rank 1 (images 3-5) was stopped midway, nothing merged
-    log = tmp_path / "second.log"
-    assert _finish(_launch(args, log), log) == 0, log.read_text()[-3000:]
+    _run_launch(args, tmp_path / "second.log")
     assert out.read_bytes() == reference.read_bytes()
     assert part_files(out) == []
     summary = json.loads((tmp_path / "preds.summary.json").read_text())
@@ -229,9 +232,7 @@ def ground_case(tmp_path_factory):
 def test_two_processes_ground_the_same_jsonl_as_one(ground_case, tmp_path):
     model, data, reference = ground_case
     out = tmp_path / "grounded.jsonl"
-    log = tmp_path / "launch.log"
-    proc = _launch(["ground", "--model", str(model), "--data", str(data), "--out", str(out)], log)
-    assert _finish(proc, log) == 0, log.read_text()[-3000:]
+    _run_launch(["ground", "--model", str(model), "--data", str(data), "--out", str(out)], tmp_path / "launch.log")
     assert _n_rows(reference) == 6 and out.read_bytes() == reference.read_bytes()
     assert part_files(out) == []
 

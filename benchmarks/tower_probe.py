@@ -137,7 +137,8 @@ def shape_probe(f_train, train_samples, f_seen, seen_samples, f_val, val_samples
     xb_val, kb_val, _ = pooled_things(f_val, val_samples, grid, by_box=True)
     (box_kind,) = linear_accuracy(xb_fit, kb_fit, [(xb_val, kb_val)])
     return {"things": len(k_val), "shape_kind_acc": round(kind_val, 3), "box_kind_acc": round(box_kind, 3),
-            "kinds": len(set(k_fit)), "shape_colour_acc": round(colour_val, 3), "seen_kind_acc": round(kind_seen, 3)}
+            "kinds": len(set(k_fit)), "shape_colour_acc": round(colour_val, 3),
+            "seen_kind_acc": round(kind_seen, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,8 @@ def test_box_pooled_entity_targets_spread_over_the_boxes_patches():
     h = w = 64
     mask = box_to_mask((0.0, 0.0, 0.25, 0.25), h, w)
     ground = Entity(0, "grass", (0.0, 0.0, 1.0, 1.0), encode_rle(box_to_mask((0, 0, 1, 1), h, w)), is_thing=False)
-    scene = PanopticSample("s", "images/s.png", w, h, (ground, Entity(1, "red ring", thing_box, encode_rle(mask))), "c")
+    ring = Entity(1, "red ring", thing_box, encode_rle(mask))
+    scene = PanopticSample("s", "images/s.png", w, h, (ground, ring), "c")
     vocab = tag_vocabulary([scene])
     by_mask = build_targets([scene], 4, vocab).entity_share[0, 0]
     by_box = build_targets([scene], 4, vocab, entity_pool="box").entity_share[0, 0]

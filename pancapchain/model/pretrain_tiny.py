@@ -70,8 +70,8 @@ def pretrain_tiny(
     lower PancapScores in the full benchmark: docs/learning_quality.md). ``thing_weight``: weight of the
     patches a shape owns in the tag and box losses (the other patches weigh 1). ``entity_weight``: weight of the
     loss that names each shape from its mean patch feature (0 = off), weighted by its mask or its box
-    (``entity_pool``). ``mirror``: mirror half of each batch left-right. ``lm_seconds``: then train the language model for that long on the caption rows without
-    images (0 = off).
+    (``entity_pool``). ``mirror``: mirror half of each batch left-right. ``lm_seconds``: then train the language
+    model for that long on the caption rows without images (0 = off).
 
     Returns (and writes to ``out/pretrain_tiny.json``) the run's figures: dense metrics, steps and seconds.
     """
@@ -116,7 +116,8 @@ def pretrain_tiny(
         "task": f"dense patch tags + owner boxes, {box_head} head (pancapchain.model.vision_pretrain)",
         "data": str(cfg.data.train), "images": len(samples), "classes": len(vocab),
         "box_format": cfg.data.box_format, "box_head": box_head, "thing_weight": thing_weight,
-        "entity_weight": entity_weight, "entity_pool": entity_pool, "mirror": mirror, "lm_pretrain_seconds": lm_seconds,
+        "entity_weight": entity_weight, "entity_pool": entity_pool, "mirror": mirror,
+        "lm_pretrain_seconds": lm_seconds,
         "tiny": json.loads(json.dumps(cfg.model.tiny.__dict__)),
         "prepare_seconds": round(prepared, 1), **stats,
         "total_seconds": round(time.monotonic() - started, 1),

@@ -120,6 +120,9 @@ class DataSection:
     box_features: bool = doc(
         "add to each </box> token's input embedding the mean image feature inside its box, in prompts and answers "
         "(GPT4RoI/Osprey-style region features; pancapchain.model.box_features)", False)
+    box_feature_span: int = doc(
+        "with box_features: the feature also goes to up to N tokens after each </box>, until a separator "
+        "(, . newline, the next box), so the words that name the box read it directly; 0 = the </box> only", 0)
     max_length: int = doc("longest tokenized row (image tokens included); longer rows are dropped and reported",
                           2048)
     strict: bool = doc("fail on the first bad record instead of skipping and reporting it", False)
@@ -246,6 +249,8 @@ def validate(cfg: RecipeConfig) -> None:
     if d.box_features and d.box_format == "normalized":
         problems.append("data.box_features=true needs boxes on the padded square (box_format bins or asmv2), "
                         "not normalized")
+    if d.box_feature_span < 0 or (d.box_feature_span and not d.box_features):
+        problems.append("data.box_feature_span must be >= 0, and > 0 only with data.box_features=true")
     if d.item_order not in ("caption", "raster"):
         problems.append(f"data.item_order must be caption or raster, not {d.item_order!r}")
     if d.box_format == "bins" and m.base != "tiny" and not base_has_loc_tokens(m.base):

@@ -61,10 +61,11 @@ def test_each_box_close_gets_the_weighted_mean_image_feature_of_its_box():
     assert attach_box_features(model, processor.tokenizer, enabled=False) is None
 
 
-def test_a_box_written_while_generating_gets_the_same_feature_as_in_a_full_forward():
+@pytest.mark.parametrize("span", [0, 2])
+def test_a_box_written_while_generating_gets_the_same_feature_as_in_a_full_forward(span):
     torch.manual_seed(0)
     model, processor = tiny()
-    attach_box_features(model, processor.tokenizer, enabled=True)
+    attach_box_features(model, processor.tokenizer, enabled=True, span=span)
     tok = processor.tokenizer
     prompt = tok([PROMPT, PROMPT.replace("<loc_16>", "<loc_8>")], return_tensors="pt")["input_ids"]
     pixels = torch.randn(2, 3, 32, 32)
@@ -83,6 +84,42 @@ def test_a_box_written_while_generating_gets_the_same_feature_as_in_a_full_forwa
     assert out.sequences[0, prompt.shape[1] : prompt.shape[1] + len(forced)].tolist() == forced
     for step, logits in enumerate(out.logits):
         assert torch.allclose(logits, full[:, prompt.shape[1] - 1 + step], atol=1e-4), step
+
+
+def test_a_span_hands_the_words_after_a_box_its_feature_at_their_own_norm():
+    torch.manual_seed(0)
+    model, processor = tiny()
+    text = "<image>" * 16 + "tag these <box><loc_0><loc_0><loc_16><loc_16></box> red circle, " \
+        "<box><loc_24><loc_8><loc_32><loc_32></box> at the left"
+    ids = processor.tokenizer(text, return_tensors="pt")["input_ids"]
+    tokens = processor.tokenizer.convert_ids_to_tokens(ids[0])
+    pixels = torch.randn(1, 3, 32, 32)
+    before = language_model_inputs(model, ids, pixels)[0]
+    hooks = attach_box_features(model, processor.tokenizer, enabled=True, span=2)
+    after = language_model_inputs(model, ids, pixels)[0]
+    hooks.remove()
+    grid = before[ids[0] == model.config.image_token_id].view(4, 4, -1)
+    first, second = grid[:2, :2].reshape(4, -1).mean(0), grid[1:, 3].mean(0)
+    closes = [i for i, t in enumerate(tokens) if t == "</box>"]
+    carried = {closes[0] + 1: first, closes[0] + 2: first, closes[1] + 1: second, closes[1] + 2: second}
+    assert [tokens[i].lstrip("\u0120") for i in carried] == ["red", "circle", "at", "the"]
+    for i, feature in carried.items():  # the word's own norm, the box's direction
+        added = after[i] - before[i]
+        assert torch.allclose(added.norm(), before[i].norm(), rtol=1e-4)
+        assert torch.allclose(added / added.norm(), feature / feature.norm(), atol=1e-5)
+    assert torch.allclose(after[closes[1]], before[closes[1]] + second, atol=1e-6)  # </box> keeps the full mean
+    others = torch.ones(len(tokens), dtype=torch.bool)
+    others[closes + list(carried)] = False
+    assert torch.equal(after[others], before[others])  # the comma, "left" and the prompt do not move
+
+
+def test_a_span_without_box_features_is_refused():
+    from pancapchain.config import ConfigError, load_recipe
+
+    with pytest.raises(ConfigError, match="box_feature_span"):
+        load_recipe("recipes/tiny_chain.yaml", ["data.box_features=false", "data.box_feature_span=2"])
+    with pytest.raises(ConfigError, match="box_feature_span"):
+        load_recipe("recipes/tiny_chain.yaml", ["data.box_feature_span=-1"])
 
 
 def test_without_a_square_patch_grid_the_hook_says_why():
@@ -115,14 +152,16 @@ def test_a_recipe_with_box_features_trains_and_its_checkpoint_chains_with_them(t
     train = write_dataset(tmp_path / "data", n=4)
     overrides = tiny_overrides(train, tmp_path / "run", **{
         "train.max_steps": "2", "data.box_format": "bins", "data.box_features": "true",
-        "data.label_answer": "box_first"})
+        "data.label_answer": "box_first", "data.box_feature_span": "2"})
     run_training(load_recipe(None, overrides))
     meta = json.loads((tmp_path / "run" / "pancap_meta.json").read_text())
     assert meta["box_features"] is True and meta["label_answer"] == "box_first" and meta["item_order"] == "caption"
+    assert meta["box_feature_span"] == 2
     chain = PancapChain.from_pretrained(str(tmp_path / "run"))
     llava = chain.generator.model.get_base_model().model if hasattr(chain.generator.model, "get_base_model") \
         else chain.generator.model.model
     assert len(llava.language_model._forward_pre_hooks) == 1 and chain.label_answer == "box_first"
+    assert next(iter(llava.language_model._forward_pre_hooks.values())).__self__.span == 2  # from the meta
     from PIL import Image
 
     state = ChainState("s0", Image.open(train.parent / "images" / "s0.png"))

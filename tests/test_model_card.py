@@ -132,4 +132,6 @@ def test_failed_upload_keeps_the_export_and_says_how_to_retry(tiny_checkpoint, t
 def test_a_model_trained_with_box_features_says_how_to_attach_them():
     with_hooks = build_model_card({"box_features": True}, [], "tiny").text
     assert "attach_box_features(model, processor.tokenizer, enabled=True)" in with_hooks
+    with_span = build_model_card({"box_features": True, "box_feature_span": 2}, [], "tiny").text
+    assert "attach_box_features(model, processor.tokenizer, enabled=True, span=2)" in with_span
     assert "box features" not in build_model_card({"box_features": False}, [], "tiny").text

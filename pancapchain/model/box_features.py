@@ -6,7 +6,9 @@ given boxes at chance. Region-aware LLaVA variants (GPT4RoI, Osprey, Ferret) han
 next to its coordinates instead. Here the input embedding of each ``</box>`` token, in the prompt and in the
 answer alike, gets the mean of the projected image features over the patches its box group covers (weighted by the
 share of each patch inside a box). So a prompt's given boxes show their content, and an answer that writes a box
-sees what it boxed before it writes the next word.
+sees what it boxed before it writes the next word. With ``data.box_feature_span`` N > 0 the words right after a
+``</box>`` (up to N, until a separator) get its feature too, scaled to each word's own embedding norm: a 2-layer
+model then names a box's shape from the word it is writing instead of reaching back to the ``</box>``.
 
 Two forward pre-hooks (:class:`BoxFeatures`) do it; the weights, the saved folder and ``generate`` stay plain
 transformers. During generation the hooks keep the row's tokens and image features from the prefill, so a
@@ -26,6 +28,7 @@ from pancapchain.constants import BOX_CLOSE, BOX_GRID, BOX_OPEN, LOC_BINS
 from pancapchain.data.boxes import find_box_groups
 
 META_KEY = "box_features"  # pancap_meta.json: true when the model was trained with these hooks
+SPAN_KEY = "box_feature_span"  # pancap_meta.json: tokens after each </box> that carry its feature too
 
 
 def patch_weights(boxes: Sequence[Sequence[float]], grid: int) -> torch.Tensor:
@@ -55,12 +58,16 @@ class BoxFeatures:
     with the image features scattered in, and adds at each ``</box>`` the weighted mean of that row's N image
     features (a sqrt(N) x sqrt(N) grid, kept from the prefill for later steps)."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, span: int = 0):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.llava = base.model
         self.image_id = int(base.config.image_token_id)
         self.open_id, self.close_id = tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
         self.tokenizer = tokenizer
+        self.span = span
+        stops = [",", ".", "\u010a", "\u0120", BOX_OPEN]
+        known = [i for i in tokenizer.convert_tokens_to_ids(stops) if i is not None and i != tokenizer.unk_token_id]
+        self._stop_ids = torch.tensor(sorted(set(known) | set(tokenizer.all_special_ids)))
         self._ids: torch.Tensor | None = None  # (B, T) tokens of the sequence so far
         self._images: list[torch.Tensor] = []  # per row: (N, D) image features of the prefill
         self._handles = [
@@ -90,12 +97,37 @@ class BoxFeatures:
         offset = ids.shape[1] - embeds.shape[1]
         if offset == 0:
             self._images = [embeds[b][ids[b] == self.image_id] for b in range(len(ids))]
-        rows, cols = (ids[:, offset:] == self.close_id).nonzero(as_tuple=True)
+        rows, cols, closes = self._carriers(ids, offset)
         if len(rows) == 0:
             return None
-        pooled = torch.stack([self._pool(b, int(c) + offset, embeds) for b, c in zip(rows.tolist(), cols.tolist())])
-        delta = torch.zeros_like(embeds).index_put((rows, cols), pooled.to(embeds.dtype))
+        pooled: dict[tuple[int, int], torch.Tensor] = {}
+        for b, c in zip(rows.tolist(), closes.tolist()):
+            if (b, c) not in pooled:
+                pooled[(b, c)] = self._pool(b, c, embeds)
+        values = torch.stack([pooled[(b, c)] for b, c in zip(rows.tolist(), closes.tolist())])
+        # a word after the box keeps its identity: its feature is scaled to the word's own embedding norm
+        # (image features are ~18x larger than token embeddings and would drown the word)
+        after = cols != closes
+        if after.any():
+            words = embeds[rows[after], cols[after] - offset]
+            scale = words.norm(dim=-1, keepdim=True) / values[after].norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            values = values.clone()
+            values[after] = values[after] * scale
+        delta = torch.zeros_like(embeds).index_put((rows, cols - offset), values.to(embeds.dtype))
         return args, {**kwargs, "inputs_embeds": embeds + delta}
+
+    def _carriers(self, ids: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, cols, closes) of the tokens at or after ``offset`` that carry a box feature: each ``</box>``
+        and, with ``span`` > 0, up to ``span`` tokens after it before a separator (``,`` ``.`` newline, the next
+        box, a special token); ``closes`` is the ``</box>`` whose feature each one carries. ids: (B, T)."""
+        pos = torch.arange(ids.shape[1]).expand_as(ids)
+        last = torch.where(ids == self.close_id, pos, -1).cummax(dim=1).values
+        stops = torch.isin(ids, self._stop_ids).cumsum(dim=1)
+        since_stop = stops - stops.gather(1, last.clamp(min=0))
+        carry = (last >= 0) & (pos - last <= self.span) & (since_stop == 0)
+        carry[:, :offset] = False
+        rows, cols = carry.nonzero(as_tuple=True)
+        return rows, cols, last[rows, cols]
 
     def _pool(self, row: int, close: int, embeds: torch.Tensor) -> torch.Tensor:
         """(D,) mean image feature of the box group closed at ``close`` in row ``row`` (zeros without one)."""
@@ -122,6 +154,6 @@ class BoxFeatures:
         return [tuple(min(max(v / scale, 0.0), 1.0) for v in quad) for quad in groups[-1].values]
 
 
-def attach_box_features(model, tokenizer, enabled: bool) -> BoxFeatures | None:
+def attach_box_features(model, tokenizer, enabled: bool, span: int = 0) -> BoxFeatures | None:
     """Hooks on ``model`` when ``enabled`` (the recipe's ``data.box_features`` / the checkpoint's meta)."""
-    return BoxFeatures(model, tokenizer) if enabled else None
+    return BoxFeatures(model, tokenizer, span) if enabled else None

@@ -20,6 +20,7 @@ import pancapchain
 from pancapchain.config import RecipeConfig, save_recipe
 from pancapchain.data.io import atomic_write_json
 from pancapchain.model.box_features import META_KEY as BOX_FEATURES_KEY
+from pancapchain.model.box_features import SPAN_KEY as BOX_SPAN_KEY
 from pancapchain.model.box_features import attach_box_features
 
 CHECKPOINT_FORMAT = "pancapchain-checkpoint/1"  # meta.json "format" of a training checkpoint
@@ -49,6 +50,7 @@ def checkpoint_meta(cfg: RecipeConfig, prompt_version: str, system: str | None, 
         "system_prompt": system,
         "box_format": cfg.data.box_format,
         BOX_FEATURES_KEY: cfg.data.box_features,
+        BOX_SPAN_KEY: cfg.data.box_feature_span,
         "item_order": cfg.data.item_order,
         "label_answer": cfg.data.label_answer,
         "stages": {k: float(v) for k, v in cfg.data.stages.items()},
@@ -113,5 +115,6 @@ def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, device
         raise CheckpointError(f"{path} has neither adapter_config.json (checkpoint) nor config.json (export)")
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     model.to(device).eval()
-    attach_box_features(model, processor.tokenizer, bool(meta.get(BOX_FEATURES_KEY, False)))
+    attach_box_features(model, processor.tokenizer, bool(meta.get(BOX_FEATURES_KEY, False)),
+                        int(meta.get(BOX_SPAN_KEY, 0)))
     return Loaded(model, processor, meta)

@@ -160,10 +160,13 @@ def _box_feature_note(meta: dict) -> list[str]:
     """Card lines for a model trained with box features: its weights alone do not add them (forward hooks do)."""
     if not meta.get("box_features"):
         return []
+    span = int(meta.get("box_feature_span") or 0)
+    span_arg = f", span={span}" if span else ""
     return ["This model was trained with **box features** (`data.box_features`): every `</box>` it reads carries "
             "the mean image feature inside its box, added by forward hooks, not by the weights. pancapchain "
             "attaches them when it loads the model; with plain transformers call "
-            "`pancapchain.model.box_features.attach_box_features(model, processor.tokenizer, enabled=True)` "
+            "`pancapchain.model.box_features.attach_box_features("
+            f"model, processor.tokenizer, enabled=True{span_arg})` "
             "after loading, or its answers will be those of a model reading boxes it was not trained on.", ""]
 
 

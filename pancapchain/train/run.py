@@ -162,7 +162,7 @@ def build_run(cfg: RecipeConfig) -> Run:
     save_base = tiny_base_dir if int(os.environ.get("RANK", "0")) == 0 else None
     model, processor = build_trainable(cfg, texts, save_base_to=save_base)
     head = attach_mask_head(model, cfg.mask) if cfg.mask.enabled else None
-    attach_box_features(model, processor.tokenizer, cfg.data.box_features)
+    attach_box_features(model, processor.tokenizer, cfg.data.box_features, cfg.data.box_feature_span)
     strict, max_len, system = cfg.data.strict, cfg.data.max_length, prompts.system
     train_ds = build_stage_dataset(train_pairs, processor, system, max_len, train_report, strict)
     val_ds = None

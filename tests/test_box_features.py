@@ -175,3 +175,17 @@ def test_an_unknown_label_answer_is_refused():
 
     with pytest.raises(ConfigError, match="label_answer must be one of"):
         load_recipe("recipes/tiny_chain.yaml", ["data.label_answer=sideways"])
+
+
+def test_a_span_stops_at_sentencepiece_newlines_and_spaces_too():
+    from pancapchain.model.box_features import span_stop_ids
+
+    class SentencePieceLike:  # Llama-2 style pieces: "▁word", newline as the byte token <0x0A>
+        vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "\u2581red": 3, "\u2581ring": 4, ",": 5, "<0x0A>": 6, "\u2581": 7,
+                 "<box>": 8, "\u2581.": 9}
+        unk_token_id, all_special_ids = 0, [0, 1, 2]
+
+        def convert_tokens_to_ids(self, tokens):
+            return [self.vocab.get(t, self.unk_token_id) for t in tokens]
+
+    assert span_stop_ids(SentencePieceLike()).tolist() == [0, 1, 2, 5, 6, 7, 8, 9]

@@ -31,6 +31,18 @@ META_KEY = "box_features"  # pancap_meta.json: true when the model was trained w
 SPAN_KEY = "box_feature_span"  # pancap_meta.json: tokens after each </box> that carry its feature too
 
 
+# Tokens that end a span: punctuation, a newline or a bare space as byte-level BPE (GPT-2, Llama 3, the tiny
+# tokenizer) and SentencePiece (Llama 2, Vicuna) write them, and the next box.
+SPAN_STOPS = (",", ".", "\u010a", "\u0120", "<0x0A>", "\u2581", "\u2581,", "\u2581.", "\n", BOX_OPEN)
+
+
+def span_stop_ids(tokenizer) -> torch.Tensor:
+    """(K,) sorted ids of the tokenizer's SPAN_STOPS it knows, plus all its special tokens."""
+    ids = tokenizer.convert_tokens_to_ids(list(SPAN_STOPS))
+    known = {i for i in ids if i is not None and i != tokenizer.unk_token_id}
+    return torch.tensor(sorted(known | set(tokenizer.all_special_ids)))
+
+
 def patch_weights(boxes: Sequence[Sequence[float]], grid: int) -> torch.Tensor:
     """(grid*grid,) share of each patch (row-major) inside the union of ``boxes``.
 
@@ -65,9 +77,7 @@ class BoxFeatures:
         self.open_id, self.close_id = tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
         self.tokenizer = tokenizer
         self.span = span
-        stops = [",", ".", "\u010a", "\u0120", BOX_OPEN]
-        known = [i for i in tokenizer.convert_tokens_to_ids(stops) if i is not None and i != tokenizer.unk_token_id]
-        self._stop_ids = torch.tensor(sorted(set(known) | set(tokenizer.all_special_ids)))
+        self._stop_ids = span_stop_ids(tokenizer)
         self._ids: torch.Tensor | None = None  # (B, T) tokens of the sequence so far
         self._images: list[torch.Tensor] = []  # per row: (N, D) image features of the prefill
         self._handles = [

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pancapchain.constants import BOX_FORMATS, EXTRA_TASKS, LABEL_ANSWERS, LOC_TOKENS, STAGES, TASKS
+from pancapchain.constants import ANSWER_LAYOUTS, BOX_FORMATS, EXTRA_TASKS, LOC_TOKENS, STAGES, TASKS
 
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
 PRECISION_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -117,6 +117,9 @@ class DataSection:
     label_answer: str = doc(
         "how stage-2 answers write an item: tag_first (tag <box>..</box>, the paper's) or box_first (<box>..</box> "
         "tag: with data.box_features the tag is written right after the box that shows it)", "tag_first")
+    caption_mentions: str = doc(
+        "where caption (and direct) answers put a mention's box: tag_first (phrase <box>..</box>, the paper's) or "
+        "box_first (<box>..</box> phrase; generated captions are moved back before parsing and scoring)", "tag_first")
     box_features: bool = doc(
         "add to each </box> token's input embedding the mean image feature inside its box, in prompts and answers "
         "(GPT4RoI/Osprey-style region features; pancapchain.model.box_features)", False)
@@ -244,8 +247,8 @@ def validate(cfg: RecipeConfig) -> None:
         problems.append(f"data.box_format must be one of {BOX_FORMATS}")
     if m.tiny.vision_position_init not in ("random", "sincos"):
         problems.append(f"model.tiny.vision_position_init must be random or sincos, not {m.tiny.vision_position_init!r}")
-    if d.label_answer not in LABEL_ANSWERS:
-        problems.append(f"data.label_answer must be one of {LABEL_ANSWERS}, not {d.label_answer!r}")
+    problems += [f"data.{key} must be one of {ANSWER_LAYOUTS}, not {value!r}" for key, value in
+                 (("label_answer", d.label_answer), ("caption_mentions", d.caption_mentions)) if value not in ANSWER_LAYOUTS]
     if d.box_features and d.box_format == "normalized":
         problems.append("data.box_features=true needs boxes on the padded square (box_format bins or asmv2), "
                         "not normalized")

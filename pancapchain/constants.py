@@ -38,5 +38,6 @@ LOC_TOKENS = tuple(f"<loc_{i}>" for i in range(LOC_BINS + 1))
 
 DISCOVER_NONE = "None"
 
-# How a stage-2 (label) answer writes an item: "tag <box>..</box>" (the paper's) or "<box>..</box> tag".
-LABEL_ANSWERS = ("tag_first", "box_first")
+# How a stage-2 item (data.label_answer) or a caption mention (data.caption_mentions) is written: the tag or phrase
+# before its box, "tag <box>..</box>" (the paper's), or after it (pancapchain.data.caption_layout for captions).
+ANSWER_LAYOUTS = ("tag_first", "box_first")

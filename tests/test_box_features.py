@@ -152,15 +152,16 @@ def test_a_recipe_with_box_features_trains_and_its_checkpoint_chains_with_them(t
     train = write_dataset(tmp_path / "data", n=4)
     overrides = tiny_overrides(train, tmp_path / "run", **{
         "train.max_steps": "2", "data.box_format": "bins", "data.box_features": "true",
-        "data.label_answer": "box_first", "data.box_feature_span": "2"})
+        "data.label_answer": "box_first", "data.box_feature_span": "2", "data.caption_mentions": "box_first"})
     run_training(load_recipe(None, overrides))
     meta = json.loads((tmp_path / "run" / "pancap_meta.json").read_text())
     assert meta["box_features"] is True and meta["label_answer"] == "box_first" and meta["item_order"] == "caption"
-    assert meta["box_feature_span"] == 2
+    assert meta["box_feature_span"] == 2 and meta["caption_mentions"] == "box_first"
     chain = PancapChain.from_pretrained(str(tmp_path / "run"))
     llava = chain.generator.model.get_base_model().model if hasattr(chain.generator.model, "get_base_model") \
         else chain.generator.model.model
     assert len(llava.language_model._forward_pre_hooks) == 1 and chain.label_answer == "box_first"
+    assert chain.caption_mentions == "box_first"
     assert next(iter(llava.language_model._forward_pre_hooks.values())).__self__.span == 2  # from the meta
     from PIL import Image
 

@@ -43,9 +43,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pancapchain.constants import BOX_TASKS, DIRECT, LABEL_ANSWERS, ORACLE_STAGES, STAGES, TASKS
+from pancapchain.constants import ANSWER_LAYOUTS, BOX_TASKS, DIRECT, ORACLE_STAGES, STAGES, TASKS
 from pancapchain.data.box_tasks import NoTaskExample, build_box_task
 from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.caption_layout import LayoutError, to_box_first
 from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError
 from pancapchain.data.stage_parse import StageItem, clean_tag, format_items
@@ -125,12 +126,16 @@ def build_stage_examples(
     *,
     item_order: str = "caption",
     label_answer: str = "tag_first",
+    caption_mentions: str = "tag_first",
 ) -> list[StageExample]:
     """The sample's examples of the tasks in ``stages`` (any of TASKS), in that order (skips: module docstring).
 
     ``item_order``: the order of the items in stage 1-3 answers and item-list prompts: "caption" (entity =
     caption order, the default) or "raster" (:func:`raster_order`, a canonical reading order).
     ``label_answer``: stage-2 items written "tag_first" (``tag <box>..</box>``) or "box_first".
+    ``caption_mentions``: caption and direct answers with each box after its phrase ("tag_first") or before it
+    ("box_first", :mod:`pancapchain.data.caption_layout`); a caption that cannot be laid out box first gives no
+    caption/direct example (reported through ``skipped``).
 
     ``skipped`` (optional) receives (task, reason) for every requested extra task the sample cannot teach.
     Raises ValueError for an unknown task or a bad ratio, SampleError for an entity with an empty tag.
@@ -142,19 +147,19 @@ def build_stage_examples(
     if problem:
         raise ValueError(problem)
     lo, hi = discover_ratio
-    _check_styles(item_order, label_answer)
+    _check_styles(item_order, label_answer, caption_mentions)
     items = _ordered_items(sample, codec, item_order)
     out = []
     for stage in stages:
-        if stage in BOX_TASKS:
-            try:
-                pair: tuple[str, str] | None = build_box_task(stage, sample, prompts, codec, seed)
-            except NoTaskExample as why:
-                if skipped is not None:
-                    skipped.append((stage, str(why)))
-                continue
-        else:
-            pair = _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed, label_answer == "box_first")
+        try:
+            pair: tuple[str, str] | None = (
+                build_box_task(stage, sample, prompts, codec, seed) if stage in BOX_TASKS
+                else _build_pair(stage, sample, items, prompts, codec, (lo, hi), seed,
+                                 (label_answer == "box_first", caption_mentions == "box_first")))
+        except NoTaskExample as why:
+            if skipped is not None:
+                skipped.append((stage, str(why)))
+            continue
         if pair is not None:
             out.append(StageExample(sample.id, stage, sample.image, sample.width, sample.height, *pair))
     return out
@@ -168,9 +173,13 @@ def _build_pair(
     codec: BoxCodec,
     ratio: tuple[float, float],
     seed: int,
-    label_box_first: bool = False,
+    box_first: tuple[bool, bool] = (False, False),
 ) -> tuple[str, str] | None:
-    """(prompt, target) of one stage, or None when the sample has nothing to teach in that stage."""
+    """(prompt, target) of one stage, or None when the sample has nothing to teach in that stage.
+
+    ``box_first``: (stage-2 items, caption mentions) written box first. Raises NoTaskExample for a caption
+    that cannot be written box first."""
+    label_box_first, caption_box_first = box_first
     w, h = sample.width, sample.height
 
     def prompt(**earlier: Sequence[StageItem]) -> str:
@@ -178,6 +187,11 @@ def _build_pair(
 
     if stage in ("caption", DIRECT):
         caption = sample.caption.strip()
+        if caption and caption_box_first:
+            try:
+                caption = to_box_first(caption)
+            except LayoutError as err:
+                raise NoTaskExample(f"caption_mentions box_first: {err}") from None
         return (prompt(label=items), codec.convert_text(caption, w, h)) if caption else None
     if not items:
         return None
@@ -192,11 +206,12 @@ def _build_pair(
     return prompt(label=known), format_items(found, codec, w, h)
 
 
-def _check_styles(item_order: str, label_answer: str) -> None:
+def _check_styles(item_order: str, label_answer: str, caption_mentions: str = "tag_first") -> None:
     if item_order not in ITEM_ORDERS:
         raise ValueError(f"item_order must be one of {ITEM_ORDERS}, not {item_order!r}")
-    if label_answer not in LABEL_ANSWERS:
-        raise ValueError(f"label_answer must be one of {LABEL_ANSWERS}, not {label_answer!r}")
+    for key, value in (("label_answer", label_answer), ("caption_mentions", caption_mentions)):
+        if value not in ANSWER_LAYOUTS:
+            raise ValueError(f"{key} must be one of {ANSWER_LAYOUTS}, not {value!r}")
 
 
 def _unique(items: Sequence[StageItem], codec: BoxCodec, width: int, height: int) -> list[StageItem]:

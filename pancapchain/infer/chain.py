@@ -21,6 +21,7 @@ from PIL import Image
 
 from pancapchain.constants import DIRECT, GIVEN_BOX_STAGES, STAGES
 from pancapchain.data.boxes import BoxCodec, box_iou
+from pancapchain.data.caption_layout import to_tag_first
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prediction import PredictedEntity, Prediction, StageRecord
 from pancapchain.data.prompts import PromptSet, load_prompts
@@ -95,10 +96,11 @@ class PancapChain:
     """Run the chain on images. ``model`` is a llava-hf model (or a peft wrapper of one) in eval mode."""
 
     def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None,
-                 item_order: str = "caption", label_answer: str = "tag_first"):
+                 item_order: str = "caption", label_answer: str = "tag_first", caption_mentions: str = "tag_first"):
         self.generator = Generator(model, processor)
         # how the model was taught to write stage answers (the parser reads either layout; oracles write these)
         self.item_order, self.label_answer = item_order, label_answer
+        self.caption_mentions = caption_mentions
         self.prompts = prompts
         self.codec = codec
         self.system = system
@@ -121,6 +123,7 @@ class PancapChain:
             head.to(device) if head is not None else None,
             meta.get("item_order", "caption"),
             meta.get("label_answer", "tag_first"),
+            meta.get("caption_mentions", "tag_first"),
         )
 
     # ------------------------------------------------------------------------------------ prompts
@@ -133,10 +136,14 @@ class PancapChain:
                    edited: bool = False) -> StageOutput:
         """Parse ``raw`` as the output of ``stage`` and store it (generated text or user-given text)."""
         slot = output_slot(stage)
-        parsed = parse_stage_output(slot, raw, self.codec, state.width, state.height)
+        parsed = parse_stage_output(slot, self.tag_first(slot, raw), self.codec, state.width, state.height)
         out = StageOutput(slot, prompt, raw, parsed.items, parsed.malformed, parsed.duplicates, truncated, edited)
         state.outputs[slot] = out
         return out
+
+    def tag_first(self, slot: str, raw: str) -> str:
+        """A stage answer in the layout the parser and the scorer read (captions trained box first are moved back)."""
+        return to_tag_first(raw) if slot == "caption" and self.caption_mentions == "box_first" else raw
 
     def set_items(self, state: ChainState, stage: str, items: Sequence[StageItem]) -> StageOutput:
         """Replace a stage's items (a user edit); the raw text is rewritten from them."""
@@ -221,7 +228,7 @@ class PancapChain:
         pred = Prediction(state.id, width=w, height=h, has_caption="caption" in state.outputs,
                           stages={stage: o.record() for stage, o in state.outputs.items()})
         if pred.has_caption:
-            pred.caption_model = state.outputs["caption"].raw
+            pred.caption_model = self.tag_first("caption", state.outputs["caption"].raw)
             pred.caption = BoxCodec("normalized").convert_text(pred.caption_model, w, h)
             mentions = caption_entities(parse_caption(pred.caption, w, h))
         else:  # stopped early: report the entities known so far

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from pancapchain.data.boxes import BoxCodec, box_iou, find_box_groups
+from pancapchain.data.boxes import BoxCodec, BoxGroup, box_iou, find_box_groups
 from pancapchain.data.schema import PanopticSample
 
 MATCH_IOU = 0.9  # a box group grounds an entity when its (first) box overlaps the entity's box this much
@@ -27,18 +27,30 @@ class MaskTarget:
     """One supervised entity in an answer text (character positions in the answer)."""
 
     end: int  # index just past the entity's box group
-    tag_start: int  # character span of the entity tag before the group (empty span when not found)
+    tag_start: int  # character span of the entity tag next to the group (empty span when not found)
     tag_end: int
     entity_id: int
     rle: dict
     box: tuple[float, float, float, float] | None = None  # the entity's normalized box on the original image
 
 
-def _tag_span(text: str, group_start: int, tag: str) -> tuple[int, int]:
-    """The last occurrence of ``tag`` shortly before the box group (case-insensitive), else an empty span."""
-    window_start = max(0, group_start - 200)
-    found = text.lower().rfind(tag.lower(), window_start, group_start)
-    return (found, found + len(tag)) if tag and found >= 0 else (group_start, group_start)
+def _tag_span(text: str, group: BoxGroup, tag: str) -> tuple[int, int]:
+    """The occurrence of ``tag`` nearest to the box group within 200 characters, before it (the paper's
+    layout) or after it (``data.caption_mentions: box_first``), case-insensitive; else an empty span."""
+    if not tag:
+        return group.start, group.start
+    lowered, tag = text.lower(), tag.lower()
+    before = lowered.rfind(tag, max(0, group.start - 200), group.start)
+    after = lowered.find(tag, group.end, group.end + 200 + len(tag))
+    gaps = []
+    if before >= 0:
+        gaps.append((group.start - (before + len(tag)), before))
+    if after >= 0:
+        gaps.append((after - group.end, after))
+    if not gaps:
+        return group.start, group.start
+    found = min(gaps)[1]
+    return found, found + len(tag)
 
 
 def answer_mask_targets(target: str, sample: PanopticSample, codec: BoxCodec) -> list[MaskTarget]:
@@ -54,7 +66,7 @@ def answer_mask_targets(target: str, sample: PanopticSample, codec: BoxCodec) ->
         best = max(with_mask, key=lambda e: box_iou(e.box, boxes[0]))
         if box_iou(best.box, boxes[0]) < MATCH_IOU:
             continue
-        start, end = _tag_span(target, group.start, best.tag)
+        start, end = _tag_span(target, group, best.tag)
         out.append(MaskTarget(group.end, start, end, best.id, best.mask, tuple(best.box)))
     return out
 

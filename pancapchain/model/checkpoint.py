@@ -53,6 +53,7 @@ def checkpoint_meta(cfg: RecipeConfig, prompt_version: str, system: str | None, 
         BOX_SPAN_KEY: cfg.data.box_feature_span,
         "item_order": cfg.data.item_order,
         "label_answer": cfg.data.label_answer,
+        "caption_mentions": cfg.data.caption_mentions,
         "stages": {k: float(v) for k, v in cfg.data.stages.items()},
         "lora": cfg.lora.enabled,
     }

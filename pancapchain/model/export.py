@@ -216,7 +216,7 @@ def load_export_processor(info: CheckpointInfo, echo: Callable[[str], None]) -> 
 
 def export_meta(info: CheckpointInfo, dtype: str, report: MergeReport | None) -> dict[str, Any]:
     keep = ("base_model", "prompt_version", "system_prompt", "box_format", "box_features", "item_order", "label_answer",
-            "stages", "box_feature_span")
+            "caption_mentions", "stages", "box_feature_span")
     return {
         "format": EXPORT_FORMAT,
         "pancapchain_version": pancapchain.__version__,

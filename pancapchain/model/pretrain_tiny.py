@@ -51,7 +51,8 @@ def tokenizer_texts(cfg: RecipeConfig, loaded: tuple[list[PanopticSample], SkipR
     triples, _report = collect_stage_examples(
         cfg.data.train, cfg.data.image_root or None, prompts, BoxCodec(cfg.data.box_format), stages=tasks,
         discover_ratio=tuple(cfg.data.discover_ratio), seed=cfg.train.seed, strict=cfg.data.strict,
-        item_order=cfg.data.item_order, label_answer=cfg.data.label_answer, loaded=loaded,
+        item_order=cfg.data.item_order, label_answer=cfg.data.label_answer,
+        caption_mentions=cfg.data.caption_mentions, loaded=loaded,
     )
     texts = [prompts.system] + [ex.prompt + " " + ex.target for ex, *_ in triples]
     captions = [ex for ex, *_ in triples if ex.stage == "caption"]

@@ -64,6 +64,7 @@ def collect_stage_examples(
     mask_stages: Sequence[str] = (),
     item_order: str = "caption",
     label_answer: str = "tag_first",
+    caption_mentions: str = "tag_first",
     rates: Mapping[str, float] | None = None,
     loaded: tuple[list[PanopticSample], SkipReport] | None = None,
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
@@ -98,7 +99,7 @@ def collect_stage_examples(
                 wanted = [s for s in stages if counts[s] > copy]
                 examples += build_stage_examples(sample, prompts, codec, wanted, tuple(discover_ratio), seed + copy,
                                                  no_example if copy == 0 else None, item_order=item_order,
-                                                 label_answer=label_answer)
+                                                 label_answer=label_answer, caption_mentions=caption_mentions)
         except SampleError as err:
             if strict:
                 raise

@@ -125,6 +125,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0, ra
         mask_stages=list(cfg.mask.stages) if cfg.mask.enabled else (),
         item_order=cfg.data.item_order,
         label_answer=cfg.data.label_answer,
+        caption_mentions=cfg.data.caption_mentions,
         rates=rates,
     )
 

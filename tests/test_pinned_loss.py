@@ -42,6 +42,8 @@ OVERRIDES = {
     "data.system_prompt": "default",
     "data.box_features": "false",
     "data.label_answer": "tag_first",
+    "data.caption_mentions": "tag_first",
+    "data.box_feature_span": "0",
 }
 
 

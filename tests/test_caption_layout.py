@@ -106,3 +106,11 @@ def test_the_chain_reads_and_reports_a_box_first_caption_in_the_papers_layout(ti
     prediction = chain.prediction(state)
     assert prediction.caption_model == tag_first_raw
     assert [e.tag for e in prediction.entities] == ["sky", "large dotted yellow hexagon", "small red ring"]
+
+
+def test_a_caption_that_would_not_come_back_unchanged_is_refused(monkeypatch):
+    import pancapchain.data.caption_layout as layout
+
+    monkeypatch.setattr(layout, "to_tag_first", lambda text: text.replace("gray", "grey"))
+    with pytest.raises(LayoutError, match="unchanged"):
+        layout.to_box_first(CAPTION)

@@ -36,7 +36,7 @@ def to_box_first(caption: str) -> str:
     """Move every box group of a tag-first caption in front of the phrase it grounds.
 
     Raises LayoutError naming the group when its tag is not the text right before it (e.g. the second group of
-    "two cameras [[a]] and [[b]]"): such a caption cannot be moved and moved back unchanged.
+    "two cameras [[a]] and [[b]]"), or when :func:`to_tag_first` would not give the caption back unchanged.
     """
     groups = find_box_groups(caption)
     mentions = parse_caption(caption).mentions
@@ -51,7 +51,10 @@ def to_box_first(caption: str) -> str:
         out += [before[: found.start()], group.raw, " ", found.group(1)]
         cursor = group.end
     out.append(caption[cursor:])
-    return "".join(out)
+    moved = "".join(out)
+    if to_tag_first(moved) != caption:  # e.g. a phrase the chunker reads longer from the front than from the back
+        raise LayoutError("moving the boxes back would not give the caption unchanged")
+    return moved
 
 
 def to_tag_first(text: str) -> str:

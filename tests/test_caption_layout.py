@@ -114,3 +114,22 @@ def test_a_caption_that_would_not_come_back_unchanged_is_refused(monkeypatch):
     monkeypatch.setattr(layout, "to_tag_first", lambda text: text.replace("gray", "grey"))
     with pytest.raises(LayoutError, match="unchanged"):
         layout.to_box_first(CAPTION)
+
+
+def test_chat_shows_a_box_first_caption_in_the_papers_layout(tiny_checkpoint):
+    import io
+
+    from PIL import Image
+
+    from pancapchain.infer.chain import PancapChain
+    from pancapchain.infer.chat import ChatSession
+
+    chain = PancapChain.from_pretrained(str(tiny_checkpoint))
+    chain.caption_mentions = "box_first"
+    out = io.StringIO()
+    chat = ChatSession(chain, out=out)
+    chat.load(Image.new("RGB", (64, 64)), "img")
+    chat.stage_index = 3  # as if the chain had reached the caption
+    chain.set_output(chat.state, "caption", chain.codec.convert_text(to_box_first(CAPTION), 64, 64))  # as generated
+    chat.show()
+    assert chain.codec.convert_text(CAPTION, 64, 64) in out.getvalue()

@@ -20,7 +20,7 @@ from pancapchain.data import caption_tags as ct
 from pancapchain.data.boxes import find_box_groups
 from pancapchain.data.caption_parser import parse_caption
 
-_SENTENCE_END = re.compile(r"[.!?]\s|[.!?]$|\n|<box>|\[\[")
+_SENTENCE_END = re.compile(r"[.!?]\s|[.!?]$|\n")
 
 
 class LayoutError(ValueError):

@@ -62,7 +62,7 @@ class ChatSession(ChainSession):
         flags += " (edited)" if out.edited else ""
         self.say(f"[{self.stage_index + 1}/4 {self.stage}]{flags}")
         if self.stage == "caption":
-            self.say(out.raw)
+            self.say(self.chain.tag_first("caption", out.raw))  # the paper's layout, however the model writes it
         for i, item in enumerate(out.items):
             boxes = " ".join("[" + ", ".join(f"{v:.3f}" for v in b) + "]" for b in item.boxes)
             self.say(f"  {i}: {item.tag or '-'} {boxes}")

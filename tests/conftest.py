@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,24 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MICRO_LLAVA = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1,
                    vision_hidden_size=16, vision_layers=1, vision_heads=1, image_size=32, patch_size=8,
                    vocab_size=300)
+
+
+# The synthetic scenes' scale before the fifteenth session (smaller things, up to 8 of them). Values recorded on
+# those scenes (pinned losses, the golden prediction rows) check training and writing code, not the generator's
+# scale, so they are replayed on the scenes they were recorded on.
+RECORDED_SCENE_SCALE = {"_AREA_RANGE": (0.012, 0.1), "_MIN_RADIUS": 4.0, "MAX_THINGS": 8,
+                        "SIZE_THRESHOLDS": (0.0244, 0.049)}
+
+
+@contextmanager
+def recorded_scene_scale() -> Iterator[None]:
+    """Inside, ``pancapchain.data.synth`` draws scenes at :data:`RECORDED_SCENE_SCALE`."""
+    from pancapchain.data import synth_scene
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in RECORDED_SCENE_SCALE.items():
+            patch.setattr(synth_scene, name, value)
+        yield
 
 
 def micro_llava(tokenizer):

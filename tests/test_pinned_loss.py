@@ -8,6 +8,7 @@ or how per-stage losses are averaged shows up here as a different number, not as
 from __future__ import annotations
 
 import pytest
+from conftest import recorded_scene_scale
 
 from pancapchain.config import load_recipe
 from pancapchain.data.synth import write_dataset
@@ -50,7 +51,8 @@ OVERRIDES = {
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("pinned")
-    write_dataset(root, 4, 0, seed=5, size=64, progress=False)
+    with recorded_scene_scale():
+        write_dataset(root, 4, 0, seed=5, size=64, progress=False)
     return root
 
 

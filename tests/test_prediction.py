@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import recorded_scene_scale
 from PIL import Image
 
 from pancapchain.constants import STAGES
@@ -26,7 +27,8 @@ GOLDEN = Path(__file__).parent / "golden" / "predictions_scripted.jsonl"
 
 
 def _scenes():
-    return [generate_scene(i, seed=9, size=64 + 16 * i) for i in range(4)]
+    with recorded_scene_scale():
+        return [generate_scene(i, seed=9, size=64 + 16 * i) for i in range(4)]
 
 
 def _scripted_predictions() -> list[Prediction]:

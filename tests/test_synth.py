@@ -30,6 +30,7 @@ from pancapchain.data.synth_relations import (
 from pancapchain.data.synth_scene import (
     ASPECTS,
     HIDDEN,
+    MAX_THINGS,
     SceneEntity,
     draw_layout,
     mask_box,
@@ -142,7 +143,7 @@ def test_entity_counts_kinds_and_attributes():
     for sample in scenes():
         things = [e for e in sample.entities if e.is_thing]
         stuff = [e for e in sample.entities if not e.is_thing]
-        assert 1 <= len(things) <= 8 and 1 <= len(stuff) <= 3
+        assert 1 <= len(things) <= MAX_THINGS and 1 <= len(stuff) <= 3
         assert sample.entities[: len(stuff)] == tuple(stuff)  # stuff is mentioned first
         for ent in things:
             size, pattern, color = ent.attributes[:3]

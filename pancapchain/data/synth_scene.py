@@ -1,7 +1,7 @@
 """Procedural panoptic scenes: stuff layers, occluding things, exact visible masks, and the rendered image.
 
 A scene is drawn back to front: 1-3 horizontal stuff layers (a horizon, or a band between two
-boundaries, each slightly tilted and wavy), then 1-8 things painted in order, so later things occlude
+boundaries, each slightly tilted and wavy), then 1-6 things painted in order, so later things occlude
 earlier ones. The panoptic label map (``(height, width)`` int array, one entity index per pixel) is the
 single source of truth: visible masks, tight boxes and the image are all derived from it.
 """
@@ -58,18 +58,23 @@ STUFF_LAYOUTS = {  # top to bottom
 }
 STUFF_PLACES = {1: ("whole",), 2: ("top", "bottom"), 3: ("top", "middle", "bottom")}
 SIZE_WORDS = ("small", "medium", "large")
-SIZE_THRESHOLDS = (0.0244, 0.049)  # shape area / image area; thirds of the log-uniform target range
+SIZE_THRESHOLDS = (0.0635, 0.1008)  # shape area / image area; thirds of the log-uniform target range
 LIGHTINGS = ("bright daylight", "dim light", "soft light")
 PALETTES = ("warm", "cool", "muted", "vivid")
 HIDDEN = "partially hidden"
+MAX_THINGS = 6  # larger things: 6 of them fill the area budget about as 8 smaller ones did
 
-_AREA_RANGE = (0.012, 0.1)  # target shape area / image area, drawn log-uniformly
+# Target shape area / image area, drawn log-uniformly. Sized for the tiny tower's 8 x 8 patch grid: a thing
+# spans 1.6-3.2 patches a side, where LLaVA-1.5's 24 x 24 grid sees SA-Pancap's median entity 4.9 patches a
+# side. The earlier (0.012, 0.1) gave 0.9-2.5 patches, too few to tell a shape's kind or edges
+# (docs/learning_quality.md, "Things the patch grid can see").
+_AREA_RANGE = (0.04, 0.16)
 _THING_BUDGET = 0.5  # total shape area of all things / image area
 _MIN_STUFF_VISIBLE = 0.4  # a thing may not hide more than 60% of any stuff region
 _DROP_VISIBLE = 0.2  # a thing keeping less than this share of its shape visible is dropped
 _HIDDEN_VISIBLE = 0.8  # below this visible share the thing is "partially hidden"
 _MIN_COLOR_DISTANCE = 110.0  # a thing's colour must stand out from the stuff under its centre
-_MIN_RADIUS = 4.0
+_MIN_RADIUS = 5.0
 
 
 @dataclass
@@ -194,8 +199,10 @@ def _try_thing(
         if now[index] - covered[index] < _MIN_STUFF_VISIBLE * region.area:
             return None
     under = stuff[int(layer[min(int(cy), height - 1), min(int(cx), width - 1)])]
-    touched = np.unique(label[grow(shape)])
-    neighbours = {things[i - len(stuff)].color for i in touched if i >= len(stuff)}
+    # whole shapes, not today's visible pixels: a thing dropped later as hidden uncovers the ones beneath it,
+    # and they must not meet a neighbour of their own colour then
+    around = grow(shape)
+    neighbours = {t.color for t in things if (t.full & around).any()}
     color = _pick_color(rng, under.rgb, neighbours)
     if color is None:
         return None
@@ -218,11 +225,11 @@ def _try_thing(
 def _draw_things(
     rng: np.random.Generator, stuff: list[SceneEntity], layer: np.ndarray, attempts: int = 12
 ) -> list[SceneEntity]:
-    """Place 1-8 things in drawing order (later ones in front); a thing whose attempts all fail is skipped."""
+    """Place 1-6 things in drawing order (later ones in front); a thing whose attempts all fail is skipped."""
     label = layer.copy()
     things: list[SceneEntity] = []
     used = 0
-    for _ in range(int(rng.integers(1, 9))):
+    for _ in range(int(rng.integers(1, MAX_THINGS + 1))):
         for attempt in range(attempts):
             thing = _try_thing(rng, stuff, things, layer, label, used, shrink=attempt >= attempts // 2)
             if thing is not None:

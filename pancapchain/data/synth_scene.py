@@ -62,7 +62,7 @@ SIZE_THRESHOLDS = (0.0635, 0.1008)  # shape area / image area; thirds of the log
 LIGHTINGS = ("bright daylight", "dim light", "soft light")
 PALETTES = ("warm", "cool", "muted", "vivid")
 HIDDEN = "partially hidden"
-MAX_THINGS = 6  # larger things: 6 of them fill the area budget about as 8 smaller ones did
+MAX_THINGS = 6  # 3.3 things per scene on average (4.3 with up to 8 of the smaller ones)
 
 # Target shape area / image area, drawn log-uniformly. Sized for the tiny tower's 8 x 8 patch grid: a thing
 # spans 1.6-3.2 patches a side, where LLaVA-1.5's 24 x 24 grid sees SA-Pancap's median entity 4.9 patches a

@@ -162,6 +162,14 @@ def test_a_recipe_with_box_features_trains_and_its_checkpoint_chains_with_them(t
         else chain.generator.model.model
     assert len(llava.language_model._forward_pre_hooks) == 1 and chain.label_answer == "box_first"
     assert chain.caption_mentions == "box_first"
+    from pancapchain.infer.references import training_tags
+
+    tags = sorted({e["tag"] for line in train.read_text().splitlines() for e in json.loads(line)["entities"]})
+    assert meta["reference_tags"] == training_tags(train) == tags and chain.reference_tags == tuple(tags)
+    assert chain.caption_reference_tags("caption", GenerationOptions()) == tuple(tags)
+    assert chain.caption_reference_tags("direct", GenerationOptions(reference_tags=("red ring",))) == ("red ring",)
+    assert chain.caption_reference_tags("label", GenerationOptions()) == ()
+    assert chain.caption_reference_tags("caption", GenerationOptions(named_references=False)) == ()
     assert next(iter(llava.language_model._forward_pre_hooks.values())).__self__.span == 2  # from the meta
     from PIL import Image
 

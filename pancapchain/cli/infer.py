@@ -29,6 +29,12 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repeat-ngram", type=int, default=8,
                         help="captions: forbid the token that would repeat a run of N tokens of the same answer, "
                              "so a loop goes on with new text instead of ending the caption (0: off)")
+    parser.add_argument("--free-references", action="store_true",
+                        help="box-first captions: let a tag after 'the' name an entity the caption has not named "
+                             "(default: only named ones, pancapchain.infer.references)")
+    parser.add_argument("--reference-tags", default="",
+                        help="panoptic JSONL whose entity tags are the known tags of that rule (default: the "
+                             "training data's tags stored in the checkpoint)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -44,6 +50,10 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if args.no_repeat_ngram == 1:
         raise PreflightError("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
+    if getattr(args, "reference_tags", ""):
+        if getattr(args, "free_references", False):
+            raise PreflightError("--reference-tags sets the tags of the rule --free-references turns off: drop one")
+        preflight.existing_file(args.reference_tags, "--reference-tags")
     if getattr(args, "free_boxes", False) and ordered_stages(args):
         raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r} orders the given boxes, which --free-boxes "
                              "turns off: drop one of the two")
@@ -64,6 +74,7 @@ def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:
 
 def generation_options(args: argparse.Namespace):
     from pancapchain.infer.generation import DEFAULT_MAX_NEW_TOKENS, GenerationOptions
+    from pancapchain.infer.references import training_tags
 
     budget = ({s: args.max_new_tokens for s in (*STAGES, DIRECT)} if args.max_new_tokens > 0
               else dict(DEFAULT_MAX_NEW_TOKENS))
@@ -71,7 +82,10 @@ def generation_options(args: argparse.Namespace):
                              stop_on_repeat=not getattr(args, "no_repeat_stop", False),
                              given_boxes=not getattr(args, "free_boxes", False),
                              no_repeat_ngram=getattr(args, "no_repeat_ngram", 8),
-                             ordered_boxes=ordered_stages(args))
+                             ordered_boxes=ordered_stages(args),
+                             named_references=not getattr(args, "free_references", False),
+                             reference_tags=tuple(training_tags(args.reference_tags))
+                             if getattr(args, "reference_tags", "") else ())
 
 
 def register(sub: argparse._SubParsersAction) -> None:

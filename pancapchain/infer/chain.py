@@ -29,6 +29,7 @@ from pancapchain.data.stage_parse import StageItem, format_items, merge_discover
 from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
+from pancapchain.infer.references import REFERENCE_TAGS_KEY
 from pancapchain.mask.head import load_mask_head
 
 # What ``run`` generates, in order. "direct" is the paper's baseline (one prompt, image -> caption); its answer
@@ -96,11 +97,13 @@ class PancapChain:
     """Run the chain on images. ``model`` is a llava-hf model (or a peft wrapper of one) in eval mode."""
 
     def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None,
-                 item_order: str = "caption", label_answer: str = "tag_first", caption_mentions: str = "tag_first"):
+                 item_order: str = "caption", label_answer: str = "tag_first", caption_mentions: str = "tag_first",
+                 reference_tags: Sequence[str] = ()):
         self.generator = Generator(model, processor)
         # how the model was taught to write stage answers (the parser reads either layout; oracles write these)
         self.item_order, self.label_answer = item_order, label_answer
         self.caption_mentions = caption_mentions
+        self.reference_tags = tuple(reference_tags)  # the training data's tags (checkpoint meta), for NamedReferences
         self.prompts = prompts
         self.codec = codec
         self.system = system
@@ -124,6 +127,7 @@ class PancapChain:
             meta.get("item_order", "caption"),
             meta.get("label_answer", "tag_first"),
             meta.get("caption_mentions", "tag_first"),
+            meta.get(REFERENCE_TAGS_KEY, ()),
         )
 
     # ------------------------------------------------------------------------------------ prompts
@@ -163,6 +167,7 @@ class PancapChain:
             given_boxes=given,
             ordered_boxes=given and stage in options.ordered_boxes,
             no_repeat_ngram=options.no_repeat_ngram if output_slot(stage) == "caption" else 0,
+            reference_tags=self.caption_reference_tags(stage, options),
             seed=options.seed,
         )
         for state, prompt, decoded in zip(states, prompts, texts):
@@ -170,6 +175,13 @@ class PancapChain:
             out.repeat_stopped = decoded.repeat_stopped
         if output_slot(stage) == "caption":
             self.predict_masks(states, features)
+
+    def caption_reference_tags(self, stage: str, options: GenerationOptions) -> tuple[str, ...]:
+        """The known tags for NamedReferences in this stage's answers: box-first captions only (a tag-first caption
+        names an entity with "the" before its box, which the rule would forbid); empty = off."""
+        if output_slot(stage) != "caption" or self.caption_mentions != "box_first" or not options.named_references:
+            return ()
+        return options.reference_tags or self.reference_tags
 
     def predict_masks(self, states: Sequence[ChainState], features) -> None:
         """With a mask head: a mask for every box group of each state's caption (teacher-forced forward)."""

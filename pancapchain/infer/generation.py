@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from pancapchain.constants import BOX_CLOSE, BOX_OPEN, DIRECT, GIVEN_BOX_STAGES, LOC_TOKENS, STAGES
 from pancapchain.infer.given_boxes import GivenBoxes
+from pancapchain.infer.references import NamedReferences
 from pancapchain.infer.repeats import NoRepeatText, RepeatStop
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
@@ -46,6 +47,11 @@ class GenerationOptions:
     # looping caption goes on with new text instead of being ended by the repeat guard (0: off;
     # pancapchain.infer.repeats.NoRepeatText; measured in docs/learning_quality.md)
     no_repeat_ngram: int = 8
+    # captions: a tag written right after "the" must be the tag of an entity the caption already named
+    # (pancapchain.infer.references; box-first captions of a checkpoint that stores its training tags)
+    named_references: bool = True
+    # the known tags for that rule; empty: the ones the checkpoint stores
+    reference_tags: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -124,6 +130,7 @@ class Generator:
         given_boxes: bool = False,
         no_repeat_ngram: int = 0,
         ordered_boxes: bool = False,
+        reference_tags: Sequence[str] = (),
         *,
         seed: int = 0,
     ) -> list[Decoded]:
@@ -132,6 +139,8 @@ class Generator:
         ``given_boxes``: every box of an answer is one of its prompt's boxes (pancapchain.infer.given_boxes);
         with ``ordered_boxes`` every one of them, once each, in the prompt's order.
         ``no_repeat_ngram`` > 0: no answer repeats a text run of that many tokens (repeats.NoRepeatText).
+        ``reference_tags``: the known tags; a tag written right after "the" must be one the answer has already
+        named with a box (references.NamedReferences). Empty: off.
 
         Sampling (``do_sample``) draws from torch's RNG seeded with ``seed`` for this call only: the caller's
         RNG state is restored afterwards, so one call's seed never leaks into another's."""
@@ -143,6 +152,9 @@ class Generator:
         given = GivenBoxes.from_prompts(input_ids, self.tokenizer, ordered_boxes) if given_boxes else None
         if given is not None:
             processors.append(given)
+        references = NamedReferences.build(input_ids.shape[1], self.tokenizer, reference_tags) if reference_tags else None
+        if references is not None:
+            processors.append(references)
         guard = self._repeat_stop(input_ids.shape[1], repeat_guard)
         with self._seeded(seed if generate_kwargs.get("do_sample") else None):
             out = self.model.generate(

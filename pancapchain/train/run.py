@@ -35,6 +35,7 @@ from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, atomic_write_json
 from pancapchain.data.prompts import recipe_prompts
 from pancapchain.errors import ArgumentParser, TrainingInterrupted, debug_requested, run_guarded
+from pancapchain.infer.references import REFERENCE_TAGS_KEY, training_tags
 from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
 from pancapchain.model.box_features import attach_box_features
@@ -176,6 +177,8 @@ def build_run(cfg: RecipeConfig) -> Run:
     save_recipe(cfg, out / "recipe.yaml")
     base_ref = "tiny" if tiny_base_dir is not None else str(Path(cfg.model.base).resolve())
     meta = {**checkpoint_meta(cfg, prompts.version, system, base_ref), **runtime_choices(cfg)}
+    if cfg.data.caption_mentions == "box_first":  # the known tags of the chain's NamedReferences decoding rule
+        meta[REFERENCE_TAGS_KEY] = training_tags(cfg.data.train)
     writer = CheckpointWriter(cfg, meta, tiny_base_dir)
     trainer = PancapTrainer(
         model=model,

@@ -22,7 +22,8 @@ import torch
 from transformers import LogitsProcessor
 
 from pancapchain.constants import BOX_CLOSE
-from pancapchain.data.io import SkipReport, iter_jsonl
+from pancapchain.data.io import load_samples
+from pancapchain.data.schema import PanopticSample
 
 # A mention's tag starts at most this many tokens after its box closes: box-first mentions put size, pattern and
 # colour words before the tag's last word ("</box> large dotted yellow hexagon" has the tag "yellow hexagon").
@@ -32,15 +33,14 @@ TagIds = tuple[int, ...]
 REFERENCE_TAGS_KEY = "reference_tags"  # checkpoint metadata: the training data's tags (box-first captions only)
 
 
+def entity_tags(samples: Iterable[PanopticSample]) -> list[str]:
+    """The distinct entity tags of ``samples``, sorted."""
+    return sorted({e.tag.strip() for sample in samples for e in sample.entities if e.tag.strip()})
+
+
 def training_tags(path: str | Path) -> list[str]:
-    """The distinct entity tags of a panoptic JSONL, sorted (malformed lines are left to the data check)."""
-    tags: set[str] = set()
-    for _, obj in iter_jsonl(path, SkipReport()):
-        for entity in obj.get("entities", []) if isinstance(obj, dict) else []:
-            tag = entity.get("tag") if isinstance(entity, dict) else None
-            if isinstance(tag, str) and tag.strip():
-                tags.add(tag.strip())
-    return sorted(tags)
+    """The distinct entity tags of a panoptic JSONL's valid samples (read and checked as training reads them)."""
+    return entity_tags(load_samples(path)[0])
 
 
 class NamedReferences(LogitsProcessor):

@@ -32,10 +32,10 @@ from pancapchain.config import (
 )
 from pancapchain.constants import LOC_TOKENS
 from pancapchain.data.boxes import BoxCodec
-from pancapchain.data.io import SkipReport, atomic_write_json
+from pancapchain.data.io import SkipReport, atomic_write_json, load_samples
 from pancapchain.data.prompts import recipe_prompts
 from pancapchain.errors import ArgumentParser, TrainingInterrupted, debug_requested, run_guarded
-from pancapchain.infer.references import REFERENCE_TAGS_KEY, training_tags
+from pancapchain.infer.references import REFERENCE_TAGS_KEY, entity_tags
 from pancapchain.mask.attach import attach_mask_head
 from pancapchain.mask.supervision import MaskLoss
 from pancapchain.model.box_features import attach_box_features
@@ -112,7 +112,7 @@ def _cpu_distributed_backend() -> str | None:
     return "gloo"
 
 
-def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0, rates=None):
+def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0, rates=None, loaded=None):
     return collect_stage_examples(
         path,
         cfg.data.image_root or None,
@@ -128,6 +128,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0, ra
         label_answer=cfg.data.label_answer,
         caption_mentions=cfg.data.caption_mentions,
         rates=rates,
+        loaded=loaded,
     )
 
 
@@ -152,7 +153,9 @@ def build_run(cfg: RecipeConfig) -> Run:
     set_seed(cfg.train.seed)
     prompts = recipe_prompts(cfg.data.prompt_version, cfg.data.system_prompt)
     codec = BoxCodec(cfg.data.box_format)
-    train_pairs, train_report = _data(cfg, prompts, codec, cfg.data.train, rates=cfg.data.stage_rates)
+    train_samples = load_samples(cfg.data.train, strict=cfg.data.strict)  # read once: examples + checkpoint tags
+    train_pairs, train_report = _data(cfg, prompts, codec, cfg.data.train, rates=cfg.data.stage_rates,
+                                      loaded=train_samples)
     val_pairs, val_report = ([], None)
     if cfg.data.val:
         val_pairs, val_report = _data(cfg, prompts, codec, cfg.data.val, cfg.data.max_val_samples)
@@ -178,7 +181,7 @@ def build_run(cfg: RecipeConfig) -> Run:
     base_ref = "tiny" if tiny_base_dir is not None else str(Path(cfg.model.base).resolve())
     meta = {**checkpoint_meta(cfg, prompts.version, system, base_ref), **runtime_choices(cfg)}
     if cfg.data.caption_mentions == "box_first":  # the known tags of the chain's NamedReferences decoding rule
-        meta[REFERENCE_TAGS_KEY] = training_tags(cfg.data.train)
+        meta[REFERENCE_TAGS_KEY] = entity_tags(train_samples[0])
     writer = CheckpointWriter(cfg, meta, tiny_base_dir)
     trainer = PancapTrainer(
         model=model,

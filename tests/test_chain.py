@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import write_dataset
@@ -17,10 +18,14 @@ from PIL import Image
 from pancapchain.constants import STAGES
 from pancapchain.data.prediction import Prediction
 from pancapchain.infer.chain import ChainState, PancapChain
-from pancapchain.infer.generation import GenerationOptions
+from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.prompts import load_prompts
+from pancapchain.infer.generation import Decoded, GenerationOptions
 
 # plain greedy decoding (no caption loop steering), the decoding of the paper's re-encoding reference
-OPTS = GenerationOptions(max_new_tokens={"localize": 12, "label": 12, "discover": 12, "caption": 16}, no_repeat_ngram=0)
+# and every stage-3 item kept (the reference parses answers with set_output, which never drops re-finds)
+OPTS = GenerationOptions(max_new_tokens={"localize": 12, "label": 12, "discover": 12, "caption": 16}, no_repeat_ngram=0,
+                         refind_iou=0.0)
 GIVEN_BOXES = "<box>[[100, 200, 500, 500]]</box>, <box>[[550, 300, 900, 800]]</box>"  # inside every test image
 
 
@@ -70,6 +75,23 @@ def test_given_stage_output_feeds_the_next_prompt_and_stop_after(chain, images):
     assert list(result.stages) == ["localize", "label"]
     assert result.stages["label"].prompt.endswith(GIVEN_BOXES)
     assert result.stages["localize"].edited is True
+
+
+def test_generated_stage3_items_that_find_a_known_entity_again_are_dropped_and_counted():
+    chain = PancapChain(None, SimpleNamespace(tokenizer=None), load_prompts(), BoxCodec("asmv2"), None)
+    state = ChainState("img", Image.new("RGB", (100, 100)))
+    chain.set_output(state, "label", "cat <box>[[0, 0, 500, 500]]</box>, dog <box>[[500, 500, 1000, 1000]]</box>")
+    found = "kitten <box>[[20, 0, 500, 520]]</box>, bird <box>[[0, 600, 300, 1000]]</box>"  # IoU 0.92 with the cat
+    chain.generator.generate = lambda prompts, *args, **kwargs: [Decoded(found, False)]
+    chain.run_stage("discover", [state], None, GenerationOptions())
+    out = state.outputs["discover"]
+    assert [it.tag for it in out.items] == ["bird"] and out.refinds == 1 and out.record().refinds == 1
+    assert [it.tag for it in state.entities()] == ["cat", "dog", "bird"]
+    assert "kitten" not in chain.stage_prompt("caption", state)
+    chain.run_stage("discover", [state], None, GenerationOptions(refind_iou=0.0))
+    assert [it.tag for it in state.entities()] == ["cat", "dog", "kitten", "bird"] and state.outputs["discover"].refinds == 0
+    chain.set_output(state, "discover", found, edited=True)  # a user's stage 3 is kept as given
+    assert len(state.outputs["discover"].items) == 2
 
 
 def _cli(*args: str, stdin: str | None = None, timeout: int = 240) -> subprocess.CompletedProcess:

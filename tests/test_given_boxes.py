@@ -116,7 +116,7 @@ def test_a_tokenizer_without_location_tokens_is_left_alone():
 
 
 def test_ordered_boxes_are_only_for_given_box_stages():
-    assert GenerationOptions().ordered_boxes == ("label",)
+    assert GenerationOptions().ordered_boxes == ("label", "caption")
     with pytest.raises(ValueError, match="ordered_boxes"):
         GenerationOptions(ordered_boxes=("localize",))
 
@@ -130,7 +130,7 @@ def test_free_boxes_turn_ordering_off_and_refuse_an_explicit_order():
 
     base = dict(max_new_tokens=0, sample=False, temperature=1.0, top_p=1.0, seed=0, stop_after=None)
     assert generation_options(Namespace(**base, free_boxes=True, ordered_boxes=None)).ordered_boxes == ()
-    assert generation_options(Namespace(**base, free_boxes=False, ordered_boxes=None)).ordered_boxes == ("label",)
+    assert generation_options(Namespace(**base, free_boxes=False, ordered_boxes=None)).ordered_boxes == ("label", "caption")
     assert generation_options(Namespace(**base, free_boxes=False, ordered_boxes="none")).ordered_boxes == ()
     with pytest.raises(ValueError, match="needs given_boxes"):
         GenerationOptions(given_boxes=False, ordered_boxes=("label",))

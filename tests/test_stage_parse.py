@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pancapchain.constants import STAGES
 from pancapchain.data.boxes import BoxCodec, find_box_groups
-from pancapchain.data.stage_parse import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_parse import StageItem, drop_refinds, format_items, merge_discovered, parse_stage_output
 
 ASMV2, NORMALIZED = BoxCodec("asmv2"), BoxCodec("normalized")
 W, H = 1000, 1000  # square: grid value v <-> normalized v / 1000 exactly
@@ -210,3 +210,17 @@ def test_box_first_reports_a_box_without_tag_and_keeps_the_rest():
     assert out.items == (item("dog", 5, 6, 7, 8),)
     assert out.malformed == ("<box>[[1, 2, 3, 4]]</box>", "stray")
     assert out.duplicates == 1
+
+
+def test_drop_refinds_drops_only_items_whose_every_box_is_a_known_box_again():
+    known = [item("cat", 0, 0, 500, 500)]
+    again = item("kitten", 20, 0, 500, 520)   # IoU 0.92 with the cat: the cat found again
+    new = item("dog", 500, 500, 1000, 1000)   # touches nothing known
+    shifted = item("cat", 250, 0, 750, 500)   # IoU 1/3 with the cat: kept at 0.5, dropped at 0.3
+    both = StageItem("cats", (again.boxes[0], new.boxes[0]))  # one box is new: the item stays
+    kept, dropped = drop_refinds([again, new, shifted, both], known, 0.5)
+    assert kept == [new, shifted, both] and dropped == 1
+    kept, dropped = drop_refinds([again, new, shifted, both], known, 0.3)
+    assert kept == [new, both] and dropped == 2
+    assert drop_refinds([again, new], known, 0.0) == ([again, new], 0)
+    assert drop_refinds([again, new], [], 0.5) == ([again, new], 0)

@@ -24,8 +24,8 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
                              "(default: only the given ones; location-token box format)")
     parser.add_argument("--ordered-boxes", default=None,
                         help="comma-separated given-box stages (label, caption) whose answer must write every "
-                             "given box once, in the prompt's order; 'none': no stage (default: label; none "
-                             "with --free-boxes)")
+                             "given box once, in the prompt's order; 'none': no stage (default: label,caption; "
+                             "none with --free-boxes)")
     parser.add_argument("--no-repeat-ngram", type=int, default=8,
                         help="captions: forbid the token that would repeat a run of N tokens of the same answer, "
                              "so a loop goes on with new text instead of ending the caption (0: off)")
@@ -35,6 +35,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-tags", default="",
                         help="panoptic JSONL whose entity tags are the known tags of that rule (default: the "
                              "training data's tags stored in the checkpoint)")
+    parser.add_argument("--refind-iou", type=float, default=0.5,
+                        help="stage 3: drop a found item whose boxes all overlap a stage-2 box at IoU >= this (the "
+                             "known entity found again); 0 keeps every item (default 0.5, the matching IoU)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -50,6 +53,7 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if args.no_repeat_ngram == 1:
         raise PreflightError("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
+    preflight.in_range(getattr(args, "refind_iou", 0.5), 0.0, 1.0, "--refind-iou")
     if getattr(args, "reference_tags", ""):
         if getattr(args, "free_references", False):
             raise PreflightError("--reference-tags sets the tags of the rule --free-references turns off: drop one")
@@ -64,10 +68,11 @@ def check_generation_args(args: argparse.Namespace) -> None:
 
 
 def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:
-    """The stages of ``--ordered-boxes`` ('none' or empty: no stage; unset: label, or none with --free-boxes)."""
+    """The stages of ``--ordered-boxes`` ('none' or empty: no stage; unset: label and caption, or none with
+    --free-boxes)."""
     text = getattr(args, "ordered_boxes", None)
     if text is None:
-        return () if getattr(args, "free_boxes", False) else ("label",)
+        return () if getattr(args, "free_boxes", False) else ("label", "caption")
     text = text.strip()
     return () if text in ("", "none") else tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -85,7 +90,8 @@ def generation_options(args: argparse.Namespace):
                              ordered_boxes=ordered_stages(args),
                              named_references=not getattr(args, "free_references", False),
                              reference_tags=tuple(training_tags(args.reference_tags))
-                             if getattr(args, "reference_tags", "") else ())
+                             if getattr(args, "reference_tags", "") else (),
+                             refind_iou=getattr(args, "refind_iou", 0.5))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

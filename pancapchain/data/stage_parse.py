@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pancapchain.constants import DISCOVER_NONE, STAGES
-from pancapchain.data.boxes import BoxCodec, BoxGroup, find_box_groups
+from pancapchain.data.boxes import BoxCodec, BoxGroup, box_iou, find_box_groups
 from pancapchain.data.schema import Box
 
 _TAG_DELIMITERS = ",;[]<>"
@@ -212,6 +212,21 @@ def _parse_caption(text: str, codec: BoxCodec, width: int, height: int) -> Stage
 
 def _debris(gap: str) -> list[str]:
     return [m.group().strip() for m in _DEBRIS_RE.finditer(gap)]
+
+
+def drop_refinds(found: Sequence[StageItem], known: Sequence[StageItem], min_iou: float) -> tuple[list[StageItem], int]:
+    """Stage-3 items that are not a known entity found again: (kept items in order, number dropped).
+
+    An item is a re-find when every one of its boxes overlaps some known box at IoU >= ``min_iou`` (the evaluation
+    matches a prediction to an entity at IoU 0.5, so at that threshold such an item can only add a duplicate).
+    ``min_iou`` 0 keeps every item.
+    """
+    if min_iou <= 0:
+        return list(found), 0
+    known_boxes = [box for item in known for box in item.boxes]
+    kept = [item for item in found
+            if not item.boxes or not all(any(box_iou(b, k) >= min_iou for k in known_boxes) for b in item.boxes)]
+    return kept, len(found) - len(kept)
 
 
 def merge_discovered(known: Sequence[StageItem], found: Sequence[StageItem]) -> list[StageItem]:

@@ -25,7 +25,8 @@ from pancapchain.data.caption_layout import to_tag_first
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prediction import PredictedEntity, Prediction, StageRecord
 from pancapchain.data.prompts import PromptSet, load_prompts
-from pancapchain.data.stage_parse import StageItem, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_parse import (StageItem, drop_refinds, format_items, merge_discovered,
+                                          parse_stage_output)
 from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
@@ -59,12 +60,13 @@ class StageOutput:
     truncated: bool = False
     edited: bool = False
     repeat_stopped: bool = False  # generation ended on a loop (pancapchain.infer.repeats), not at max tokens
+    refinds: int = 0  # stage 3: generated items dropped as a known entity found again (GenerationOptions.refind_iou)
 
     def record(self) -> StageRecord:
         """This output as it is written in a prediction row."""
         items = tuple((it.tag, it.boxes) for it in self.items)
         return StageRecord(self.prompt, self.raw, items, self.malformed, self.duplicates, self.truncated,
-                           self.edited, self.repeat_stopped)
+                           self.edited, self.repeat_stopped, self.refinds)
 
 
 @dataclass
@@ -173,6 +175,9 @@ class PancapChain:
         for state, prompt, decoded in zip(states, prompts, texts):
             out = self.set_output(state, stage, decoded.text, prompt, decoded.truncated)
             out.repeat_stopped = decoded.repeat_stopped
+            if stage == "discover":  # generated finds only: a user's edit of stage 3 is kept as given
+                kept, out.refinds = drop_refinds(out.items, state.items("label"), options.refind_iou)
+                out.items = tuple(kept)
         if output_slot(stage) == "caption":
             self.predict_masks(states, features)
 

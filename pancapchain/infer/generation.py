@@ -42,7 +42,7 @@ class GenerationOptions:
     # location-token format only)
     given_boxes: bool = True
     # of those, the stages whose answer writes every given box once, in the prompt's order (GivenBoxes ordered)
-    ordered_boxes: tuple[str, ...] = ("label",)
+    ordered_boxes: tuple[str, ...] = ("label", "caption")
     # captions: a token that would repeat a run of this many tokens of the same answer is forbidden, so a
     # looping caption goes on with new text instead of being ended by the repeat guard (0: off;
     # pancapchain.infer.repeats.NoRepeatText; measured in docs/learning_quality.md)
@@ -52,6 +52,9 @@ class GenerationOptions:
     named_references: bool = True
     # the known tags for that rule; empty: the ones the checkpoint stores
     reference_tags: tuple[str, ...] = ()
+    # stage 3: a generated item whose boxes all overlap a stage-2 box at IoU >= this is the known entity found
+    # again and is dropped (counted as ``refinds``); 0 keeps every item (docs/learning_quality.md)
+    refind_iou: float = 0.5
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -62,6 +65,8 @@ class GenerationOptions:
             raise ValueError(f"ordered_boxes={self.ordered_boxes!r} orders given boxes: needs given_boxes=True")
         if set(self.ordered_boxes) - set(GIVEN_BOX_STAGES):
             raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only {GIVEN_BOX_STAGES} are given boxes")
+        if not 0.0 <= self.refind_iou <= 1.0:
+            raise ValueError(f"refind_iou={self.refind_iou}: an IoU in [0, 1] (0 keeps every stage-3 item)")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")

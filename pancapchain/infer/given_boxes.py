@@ -8,11 +8,12 @@ makes every box opened in the answer (``<box>``) continue one of the prompt's bo
 after its four coordinates. Nothing else is constrained: the model still chooses which boxes to write, in
 which order, and all the text around them.
 
-``ordered`` (stage 2 by default, ``GenerationOptions.ordered_boxes``): the answer writes every box of the prompt,
-once each, in the prompt's order. Stage 2's job is to tag the boxes it is given; left free, the tiny model ended its
-list early and dropped 13% of them (docs/learning_quality.md). So the k-th box opened is forced to the prompt's
-k-th box, the answer cannot end (EOS) before all are written, and cannot open another after the last one; the
-model still writes every tag.
+``ordered`` (stages 2 and 4 by default, ``GenerationOptions.ordered_boxes``): the answer writes every box of the
+prompt, once each, in the prompt's order. Stage 2's job is to tag the boxes it is given; left free, the tiny model
+ended its list early and dropped 13% of them. The caption, left free, wrote 72% of its given boxes and repeated
+others in their place (docs/learning_quality.md). So the k-th box opened is forced to the prompt's k-th box, the
+answer cannot end (EOS) before all are written, and cannot open another after the last one; the model still writes
+every word around them.
 """
 
 from __future__ import annotations

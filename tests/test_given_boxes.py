@@ -69,14 +69,15 @@ def test_ordered_boxes_write_every_given_box_once_in_prompt_order():
 
     everything = set(range(vocab))
     eos = TOKENIZER.eos_token_id
-    assert allowed([]) == everything - {eos, CLOSE}  # the answer cannot end before its boxes
+    outside = everything - set(LOC)  # outside a box no location token: it would be debris
+    assert allowed([]) == outside - {eos, CLOSE}  # the answer cannot end before its boxes
     assert allowed([OPEN]) == {LOC[1]}
     assert allowed([OPEN, LOC[1]]) == {LOC[2]}  # the first box, not the second that shares its prefix
     assert allowed(box(1, 2, 3, 4)[:-1]) == {CLOSE}
     assert allowed(box(1, 2, 3, 4) + word + [OPEN, LOC[1]]) == {LOC[5]}  # then the second
-    assert allowed(box(1, 2, 3, 4) + word) == everything - {eos, CLOSE}
+    assert allowed(box(1, 2, 3, 4) + word) == outside - {eos, CLOSE}
     done = box(1, 2, 3, 4) + word + box(1, 5, 6, 7) + word
-    assert allowed(done) == everything - {OPEN, CLOSE}  # all written: it may end, and open no more
+    assert allowed(done) == outside - {OPEN, CLOSE}  # all written: it may end, and open no more
 
 
 def test_the_generator_writes_every_given_box_in_order_then_ends():

@@ -12,7 +12,8 @@ which order, and all the text around them.
 prompt, once each, in the prompt's order. Stage 2's job is to tag the boxes it is given; left free, the tiny model
 ended its list early and dropped 13% of them. The caption, left free, wrote 72% of its given boxes and repeated
 others in their place (docs/learning_quality.md). So the k-th box opened is forced to the prompt's k-th box, the
-answer cannot end (EOS) before all are written, and cannot open another after the last one; the model still writes
+answer cannot end (EOS) before all are written, and cannot open another after the last one, nor write a location
+token outside a box (a caption held back from a further box wrote runs of them instead); the model still writes
 every word around them.
 """
 
@@ -38,13 +39,14 @@ class GivenBoxes(LogitsProcessor):
     """
 
     def __init__(self, prompt_len: int, allowed: Sequence[Sequence[tuple[int, ...]]], open_id: int, close_id: int,
-                 ordered: bool = False, eos_id: int | None = None):
+                 ordered: bool = False, eos_id: int | None = None, loc_ids: Sequence[int] = ()):
         if ordered and eos_id is None:
             raise ValueError("ordered given boxes need the EOS id (the answer may not end before its last box)")
         self.prompt_len = prompt_len
         self.allowed = [list(boxes) for boxes in allowed]
         self.open_id, self.close_id = open_id, close_id
         self.ordered, self.eos_id = ordered, eos_id
+        self.loc_ids = list(loc_ids)  # ordered mode: forbidden outside a box
 
     @classmethod
     def from_prompts(cls, input_ids: torch.Tensor, tokenizer, ordered: bool = False) -> GivenBoxes | None:
@@ -54,7 +56,7 @@ class GivenBoxes(LogitsProcessor):
             return None
         open_id, close_id = tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
         allowed = [boxes_in(row.tolist(), open_id, close_id, set(loc_ids)) for row in input_ids]
-        return cls(input_ids.shape[1], allowed, open_id, close_id, ordered, tokenizer.eos_token_id)
+        return cls(input_ids.shape[1], allowed, open_id, close_id, ordered, tokenizer.eos_token_id, loc_ids)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(scores.shape[0]):
@@ -84,6 +86,7 @@ class GivenBoxes(LogitsProcessor):
             scores[token] = keep
             return
         scores[self.close_id] = float("-inf")  # outside a box: a stray close would miscount the boxes written
+        scores[self.loc_ids] = float("-inf")  # and a location token is debris
         scores[self.eos_id if done < len(boxes) else self.open_id] = float("-inf")
 
     def _next_ids(self, answer: list[int], options: set[tuple[int, ...]]) -> list[int] | None:

@@ -125,5 +125,5 @@ def _variant(name: str, spec: dict, sets: set[str], problems: list[str]) -> Vari
     eval_sets = tuple(spec.get("eval_sets") or ["val"])
     problems += [f"variant {name}: eval set {s!r} is not a held-out data set {sorted(sets)}"
                  for s in eval_sets if s not in sets]
-    overrides = {str(k): str(v) for k, v in (spec.get("overrides") or {}).items()}
+    overrides = {str(k): "null" if v is None else str(v) for k, v in (spec.get("overrides") or {}).items()}
     return Variant(name, plan, overrides, eval_sets)

@@ -102,9 +102,10 @@ class DataSection:
         "task -> loss weight; 0 = not trained (keys merge with these defaults, so set 0 to drop one). Keys: the "
         "four chain stages (default 1) and the extra box tasks segcap/region (default 0)",
         factory=lambda: {t: float(t in STAGES) for t in TASKS})
-    stage_rates: dict[str, float] = doc(
+    stage_rates: dict[str, float | None] = doc(
         "task -> training examples per scene per epoch (default 1): 2 writes the task twice, 0.5 keeps it for "
-        "about half of the scenes (seeded); the eval loss always uses one of each", factory=dict)
+        "about half of the scenes (seeded); the eval loss always uses one of each; null unsets a recipe's rate "
+        "(e.g. data.stage_rates.discover=null when an override drops the task)", factory=dict)
     system_prompt: str = doc(
         "chat system text before every prompt: 'default' = the prompt set's (LLaVA-1.5's), '' = none, or a text; "
         "the checkpoint records it and inference uses it", "default")
@@ -212,6 +213,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg: RecipeConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        # a dotlist override cannot delete a dict key, so a null rate is how one unsets the recipe's rate
+        cfg.data.stage_rates = {t: r for t, r in cfg.data.stage_rates.items() if r is not None}
     except OmegaConfBaseException as err:
         where = f" in {path}" if path else ""
         raise ConfigError(f"recipe{where}: {err.msg if hasattr(err, 'msg') else err}") from None
@@ -267,9 +270,7 @@ def validate(cfg: RecipeConfig) -> None:
     if any(w < 0 for w in d.stages.values()) or not any(w > 0 for w in d.stages.values()):
         problems.append("data.stages weights must be >= 0 with at least one stage > 0")
     problems += _rate_problems(d)
-    from pancapchain.data.stages import (
-        discover_ratio_problem,  # the one rule; imported late: data depends on config
-    )
+    from pancapchain.data.stages import discover_ratio_problem  # the one rule; late: data depends on config
 
     ratio_problem = discover_ratio_problem(d.discover_ratio)
     if ratio_problem:
@@ -348,10 +349,9 @@ def _rate_problems(d: DataSection) -> list[str]:
         return [f"data.stage_rates {bad}: keys are tasks {list(TASKS)}, values numbers > 0 (to drop a task, "
                 "set its data.stages weight to 0)"]
     idle = sorted(t for t in d.stage_rates if d.stages.get(t, 0.0) <= 0)
-    if idle:
-        return [f"data.stage_rates sets {idle}, which data.stages does not train (weight 0): drop the rate or "
-                "give the task a weight"]
-    return []
+    unset = " ".join(f"data.stage_rates.{t}=null" for t in idle)
+    return [f"data.stage_rates sets {idle}, which data.stages does not train (weight 0): unset the rate ({unset}) "
+            "or give the task a weight"] if idle else []
 
 
 def active_stages(cfg: RecipeConfig) -> list[str]:

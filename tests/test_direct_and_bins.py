@@ -82,6 +82,10 @@ def test_the_ablation_protocol_validates_every_variant(tmp_path):
     assert {"chain", "direct", "no_discover"} <= set(proto.variants)
     assert proto.recipe_for(proto.variants["direct"]).data.stages["direct"] == 1.0
     assert proto.recipe_for(proto.variants["no_discover"]).data.stages["discover"] == 0.0
+    # the recipe thins stage 3; the variants that drop it unset that rate (a null override)
+    assert proto.recipe_for(proto.variants["chain"]).data.stage_rates == {"discover": 0.25}
+    assert proto.recipe_for(proto.variants["direct"]).data.stage_rates == {}
+    assert proto.recipe_for(proto.variants["no_discover"]).data.stage_rates == {}
     # the shared pretrained base's seconds come out of every variant's training budget
     assert proto.recipe_for(proto.variants["chain"]).train.max_seconds == proto.budget_seconds - proto.pretrain_seconds
     bad = json.loads(json.dumps({"recipe": "recipes/tiny_chain.yaml", "budget_seconds": 10, "loss_rows": 4,

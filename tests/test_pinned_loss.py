@@ -45,6 +45,7 @@ OVERRIDES = {
     "data.label_answer": "tag_first",
     "data.caption_mentions": "tag_first",
     "data.box_feature_span": "0",
+    "data.stage_rates.discover": "null",
 }
 
 

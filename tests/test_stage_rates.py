@@ -79,6 +79,18 @@ def test_rates_reach_the_recipe():
     assert cfg.data.stage_rates == {"caption": 2, "discover": 0.5}
 
 
+def test_a_null_rate_unsets_the_recipes_rate():
+    """An override cannot delete a dict key: null is how a variant that drops stage 3 unsets its rate."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_chain.yaml"
+    assert load_recipe(recipe).data.stage_rates == {"discover": 0.25}
+    with pytest.raises(ConfigError, match=r"data.stage_rates.discover=null"):
+        load_recipe(recipe, ["data.stages.discover=0"])
+    dropped = load_recipe(recipe, ["data.stages.discover=0", "data.stage_rates.discover=null"])
+    assert dropped.data.stage_rates == {} and dropped.data.stages["discover"] == 0
+    kept = load_recipe(None, ["data.stage_rates={caption: 2, discover: 0.5}", "data.stage_rates.discover=null"])
+    assert kept.data.stage_rates == {"caption": 2}
+
+
 def test_samples_read_by_the_caller_are_not_read_again(tmp_path: Path):
     """``loaded`` (pretrain-tiny reads the file once for the tokenizer and the tower) gives the same examples."""
     from pancapchain.data.io import load_samples

@@ -80,6 +80,23 @@ def test_ordered_boxes_write_every_given_box_once_in_prompt_order():
     assert allowed(done) == outside - {OPEN, CLOSE}  # all written: it may end, and open no more
 
 
+def test_an_answer_that_would_end_with_boxes_left_opens_the_next_box():
+    """EOS most likely with a box left: only <box> (with its own score); once all are written, EOS is free."""
+    prompt = torch.tensor([box(1, 2, 3, 4) + box(1, 5, 6, 7)])
+    proc = GivenBoxes.from_prompts(prompt, TOKENIZER, ordered=True)
+    eos, word = TOKENIZER.eos_token_id, TOKENIZER("red", add_special_tokens=False)["input_ids"]
+
+    def scores_after(answer: list[int]) -> torch.Tensor:
+        scores = torch.zeros(1, len(TOKENIZER))
+        scores[0, eos], scores[0, OPEN] = 5.0, -2.0
+        return proc(torch.cat([prompt, torch.tensor([answer], dtype=torch.long).reshape(1, -1)], 1), scores)[0]
+
+    left = scores_after(box(1, 2, 3, 4) + word)
+    assert torch.nonzero(left > float("-inf")).flatten().tolist() == [OPEN] and left[OPEN] == -2.0
+    done = scores_after(box(1, 2, 3, 4) + word + box(1, 5, 6, 7) + word)
+    assert int(done.argmax()) == eos and done[OPEN] == float("-inf")
+
+
 def test_the_generator_writes_every_given_box_in_order_then_ends():
     """An untrained tiny LLaVA whose head prefers <box>, then EOS: ordered decoding gives both boxes, in order."""
     model, processor = tiny_llava()

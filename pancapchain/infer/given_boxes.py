@@ -13,8 +13,9 @@ prompt, once each, in the prompt's order. Stage 2's job is to tag the boxes it i
 ended its list early and dropped 13% of them. The caption, left free, wrote 72% of its given boxes and repeated
 others in their place (docs/learning_quality.md). So the k-th box opened is forced to the prompt's k-th box, the
 answer cannot end (EOS) before all are written, and cannot open another after the last one, nor write a location
-token outside a box (a caption held back from a further box wrote runs of them instead); the model still writes
-every word around them.
+token outside a box (a caption held back from a further box wrote runs of them instead); where it would end
+(EOS its most likely token) with boxes left, it opens the next box there. The model still writes every word
+around them.
 """
 
 from __future__ import annotations
@@ -80,10 +81,12 @@ class GivenBoxes(LogitsProcessor):
         done = answer.count(self.close_id)  # boxes completed so far (each was forced, so each is one of ours)
         written = self._open_box(answer)
         if written is not None:
-            token = self.close_id if len(written) == BOX_LEN else boxes[done][len(written)]
-            keep = scores[token].clone()
-            scores.fill_(float("-inf"))
-            scores[token] = keep
+            _only(scores, self.close_id if len(written) == BOX_LEN else boxes[done][len(written)])
+            return
+        if done < len(boxes) and int(scores.argmax()) == self.eos_id:
+            # it would end with boxes left: it opens the next one now. Denied only EOS, the tiny caption wrote
+            # the closing sentences again and again until it chanced on a box (docs/learning_quality.md)
+            _only(scores, self.open_id)
             return
         scores[self.close_id] = float("-inf")  # outside a box: a stray close would miscount the boxes written
         scores[self.loc_ids] = float("-inf")  # and a location token is debris
@@ -105,6 +108,13 @@ class GivenBoxes(LogitsProcessor):
             return None
         written = tuple(answer[len(answer) - answer[::-1].index(self.open_id) :])
         return None if self.close_id in written or len(written) > BOX_LEN else written
+
+
+def _only(scores: torch.Tensor, token: int) -> None:
+    """Leave only ``token`` allowed in ``scores`` (vocab,), keeping its score."""
+    keep = scores[token].clone()
+    scores.fill_(float("-inf"))
+    scores[token] = keep
 
 
 def boxes_in(ids: Sequence[int], open_id: int, close_id: int, loc_ids: set[int]) -> list[tuple[int, ...]]:

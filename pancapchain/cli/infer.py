@@ -38,6 +38,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refind-iou", type=float, default=0.5,
                         help="stage 3: drop a found item whose boxes all overlap a stage-2 box at IoU >= this (the "
                              "known entity found again); 0 keeps every item (default 0.5, the matching IoU)")
+    parser.add_argument("--keep-late-boxes", action="store_true",
+                        help="ordered captions: keep boxes forced in after the closing paragraph (default: decode "
+                             "such a caption again from before that paragraph, pancapchain.infer.late_boxes)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -91,7 +94,8 @@ def generation_options(args: argparse.Namespace):
                              named_references=not getattr(args, "free_references", False),
                              reference_tags=tuple(training_tags(args.reference_tags))
                              if getattr(args, "reference_tags", "") else (),
-                             refind_iou=getattr(args, "refind_iou", 0.5))
+                             refind_iou=getattr(args, "refind_iou", 0.5),
+                             late_boxes=not getattr(args, "keep_late_boxes", False))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -170,6 +170,7 @@ class PancapChain:
             ordered_boxes=given and stage in options.ordered_boxes,
             no_repeat_ngram=options.no_repeat_ngram if output_slot(stage) == "caption" else 0,
             reference_tags=self.caption_reference_tags(stage, options),
+            late_boxes=options.late_boxes and output_slot(stage) == "caption",
             seed=options.seed,
         )
         for state, prompt, decoded in zip(states, prompts, texts):

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from pancapchain.constants import BOX_CLOSE, BOX_OPEN, DIRECT, GIVEN_BOX_STAGES, LOC_TOKENS, STAGES
 from pancapchain.infer.given_boxes import GivenBoxes
+from pancapchain.infer.late_boxes import break_ids, closing_paragraph_start
 from pancapchain.infer.references import NamedReferences
 from pancapchain.infer.repeats import NoRepeatText, RepeatStop
 from pancapchain.model.chat import expand_image_tokens, render_prompt
@@ -55,6 +56,9 @@ class GenerationOptions:
     # stage 3: a generated item whose boxes all overlap a stage-2 box at IoU >= this is the known entity found
     # again and is dropped (counted as ``refinds``); 0 keeps every item (docs/learning_quality.md)
     refind_iou: float = 0.5
+    # ordered captions that wanted to end with boxes left after a box-less closing paragraph are decoded again
+    # from before it, paragraph breaks held until the boxes are written (pancapchain.infer.late_boxes)
+    late_boxes: bool = True
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -136,6 +140,7 @@ class Generator:
         no_repeat_ngram: int = 0,
         ordered_boxes: bool = False,
         reference_tags: Sequence[str] = (),
+        late_boxes: bool = False,
         *,
         seed: int = 0,
     ) -> list[Decoded]:
@@ -146,21 +151,42 @@ class Generator:
         ``no_repeat_ngram`` > 0: no answer repeats a text run of that many tokens (repeats.NoRepeatText).
         ``reference_tags``: the known tags; a tag written right after "the" must be one the answer has already
         named with a box (references.NamedReferences). Empty: off.
+        ``late_boxes`` (with ``ordered_boxes``): an answer that wanted to end with given boxes left, after a
+        box-less paragraph, is decoded again from before that paragraph (pancapchain.infer.late_boxes).
 
         Sampling (``do_sample``) draws from torch's RNG seeded with ``seed`` for this call only: the caller's
         RNG state is restored afterwards, so one call's seed never leaks into another's."""
         input_ids, attention_mask = self.tokenize(prompts, sizes, system)
+        build = dict(repeat_guard=repeat_guard, given_boxes=given_boxes, no_repeat_ngram=no_repeat_ngram,
+                     ordered_boxes=ordered_boxes, reference_tags=reference_tags)
+        processors, given, guard = self._processors(input_ids, **build)
+        new_tokens = self._decode(input_ids, attention_mask, features, processors, guard, generate_kwargs, seed)
+        results = self._results(new_tokens, guard, generate_kwargs["max_new_tokens"])
+        if late_boxes and given is not None and given.ordered:
+            for row, end in sorted(given.early_end.items()):
+                prompt_ids = input_ids[row : row + 1, attention_mask[row].bool()]
+                results[row] = self._rewrite_late_boxes(prompt_ids, new_tokens[row].tolist(), end, self.select(
+                    features, [row]), build, generate_kwargs, seed) or results[row]
+        return results
+
+    def _processors(self, input_ids: torch.Tensor, *, repeat_guard, given_boxes, no_repeat_ngram, ordered_boxes,
+                    reference_tags, hold_breaks: Sequence[int] = ()):
+        """(logits processors, the GivenBoxes among them or None, the repeat guard or None) for prompts (B, T)."""
         processors = LogitsProcessorList()
         if no_repeat_ngram:
             box_ids = set(self.tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE, *LOC_TOKENS]))
             processors.append(NoRepeatText(input_ids.shape[1], no_repeat_ngram, box_ids))
-        given = GivenBoxes.from_prompts(input_ids, self.tokenizer, ordered_boxes) if given_boxes else None
+        given = (GivenBoxes.from_prompts(input_ids, self.tokenizer, ordered_boxes, hold_breaks)
+                 if given_boxes else None)
         if given is not None:
             processors.append(given)
         references = NamedReferences.build(input_ids.shape[1], self.tokenizer, reference_tags) if reference_tags else None
         if references is not None:
             processors.append(references)
-        guard = self._repeat_stop(input_ids.shape[1], repeat_guard)
+        return processors, given, self._repeat_stop(input_ids.shape[1], repeat_guard)
+
+    def _decode(self, input_ids, attention_mask, features, processors, guard, generate_kwargs, seed) -> torch.Tensor:
+        """The new tokens (B, N) ``model.generate`` writes after ``input_ids`` (B, T)."""
         with self._seeded(seed if generate_kwargs.get("do_sample") else None):
             out = self.model.generate(
                 input_ids=input_ids,
@@ -172,15 +198,36 @@ class Generator:
                 logits_processor=processors or None,
                 **generate_kwargs,
             )
-        new_tokens = out[:, input_ids.shape[1] :]
-        looped = guard.stopped.tolist() if guard is not None and guard.stopped is not None else [False] * len(out)
+        return out[:, input_ids.shape[1] :]
+
+    def _results(self, new_tokens: torch.Tensor, guard: RepeatStop | None, budget: int) -> list[Decoded]:
+        looped = guard.stopped.tolist() if guard is not None and guard.stopped is not None else [False] * len(new_tokens)
         results = []
         for row, stopped in zip(new_tokens, looped):
             ended = bool((row == self.tokenizer.eos_token_id).any())
             text = self.tokenizer.decode(row, skip_special_tokens=True).strip()
-            cut = not ended and not stopped and len(row) >= generate_kwargs["max_new_tokens"]
+            cut = not ended and not stopped and len(row) >= budget
             results.append(Decoded(text, cut, bool(stopped and not ended)))
         return results
+
+    def _rewrite_late_boxes(self, prompt_ids: torch.Tensor, answer: list[int], end: int, features, build: dict,
+                            generate_kwargs: dict, seed: int) -> Decoded | None:
+        """One answer decoded again from before its box-less closing paragraph, with paragraph breaks held
+        until its given boxes are written (pancapchain.infer.late_boxes); None when there is nothing to
+        rewrite. ``prompt_ids``: (1, T) without padding; ``answer``: the first decode's new tokens."""
+        breaks = break_ids(self.tokenizer)
+        open_id = self.tokenizer.convert_tokens_to_ids(BOX_OPEN)
+        start = closing_paragraph_start(answer, end, set(breaks), open_id)
+        budget = generate_kwargs["max_new_tokens"] - (start or 0)
+        if start is None or budget <= 0:
+            return None
+        processors, _given, guard = self._processors(prompt_ids, **build, hold_breaks=breaks)
+        prefix = torch.tensor([answer[:start]], dtype=prompt_ids.dtype, device=prompt_ids.device)
+        ids = torch.cat([prompt_ids, prefix], dim=1)
+        more = self._decode(ids, torch.ones_like(ids), features, processors, guard,
+                            {**generate_kwargs, "max_new_tokens": budget}, seed)
+        full = torch.cat([prefix, more], dim=1)
+        return self._results(full, guard, generate_kwargs["max_new_tokens"])[0]
 
     @contextmanager
     def _seeded(self, seed: int | None) -> Iterator[None]:

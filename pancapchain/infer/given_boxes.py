@@ -40,7 +40,8 @@ class GivenBoxes(LogitsProcessor):
     """
 
     def __init__(self, prompt_len: int, allowed: Sequence[Sequence[tuple[int, ...]]], open_id: int, close_id: int,
-                 ordered: bool = False, eos_id: int | None = None, loc_ids: Sequence[int] = ()):
+                 ordered: bool = False, eos_id: int | None = None, loc_ids: Sequence[int] = (),
+                 hold_breaks: Sequence[int] = ()):
         if ordered and eos_id is None:
             raise ValueError("ordered given boxes need the EOS id (the answer may not end before its last box)")
         self.prompt_len = prompt_len
@@ -48,16 +49,21 @@ class GivenBoxes(LogitsProcessor):
         self.open_id, self.close_id = open_id, close_id
         self.ordered, self.eos_id = ordered, eos_id
         self.loc_ids = list(loc_ids)  # ordered mode: forbidden outside a box
+        self.hold_breaks = list(hold_breaks)  # ordered mode: forbidden while boxes are left (late_boxes)
+        self.early_end: dict[int, int] = {}  # ordered mode: row -> answer length where it first wanted to end
 
     @classmethod
-    def from_prompts(cls, input_ids: torch.Tensor, tokenizer, ordered: bool = False) -> GivenBoxes | None:
-        """The processor for a batch of prompts (batch, T), or None when the tokenizer has no location tokens."""
+    def from_prompts(cls, input_ids: torch.Tensor, tokenizer, ordered: bool = False,
+                     hold_breaks: Sequence[int] = ()) -> GivenBoxes | None:
+        """The processor for a batch of prompts (batch, T), or None when the tokenizer has no location tokens.
+        ``hold_breaks`` (ordered): token ids not allowed while given boxes are left (newlines, in a rewrite)."""
         loc_ids = tokenizer.convert_tokens_to_ids(list(LOC_TOKENS))
         if tokenizer.unk_token_id in loc_ids or None in loc_ids:
             return None
         open_id, close_id = tokenizer.convert_tokens_to_ids([BOX_OPEN, BOX_CLOSE])
         allowed = [boxes_in(row.tolist(), open_id, close_id, set(loc_ids)) for row in input_ids]
-        return cls(input_ids.shape[1], allowed, open_id, close_id, ordered, tokenizer.eos_token_id, loc_ids)
+        return cls(input_ids.shape[1], allowed, open_id, close_id, ordered, tokenizer.eos_token_id, loc_ids,
+                   hold_breaks)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(scores.shape[0]):
@@ -66,7 +72,7 @@ class GivenBoxes(LogitsProcessor):
                 continue
             answer = input_ids[row, self.prompt_len :].tolist()
             if self.ordered:
-                self._keep_order(answer, options, scores[row])
+                self._keep_order(row, answer, options, scores[row])
                 continue
             next_ids = self._next_ids(answer, set(options))
             if next_ids is None:
@@ -76,7 +82,7 @@ class GivenBoxes(LogitsProcessor):
             scores[row, next_ids] = keep
         return scores
 
-    def _keep_order(self, answer: list[int], boxes: list[tuple[int, ...]], scores: torch.Tensor) -> None:
+    def _keep_order(self, row: int, answer: list[int], boxes: list[tuple[int, ...]], scores: torch.Tensor) -> None:
         """Ordered mode for one row (``scores``: (vocab,), edited in place)."""
         done = answer.count(self.close_id)  # boxes completed so far (each was forced, so each is one of ours)
         written = self._open_box(answer)
@@ -86,11 +92,25 @@ class GivenBoxes(LogitsProcessor):
         if done < len(boxes) and int(scores.argmax()) == self.eos_id:
             # it would end with boxes left: it opens the next one now. Denied only EOS, the tiny caption wrote
             # the closing sentences again and again until it chanced on a box (docs/learning_quality.md)
+            self.early_end.setdefault(row, len(answer))
             _only(scores, self.open_id)
             return
+        if done < len(boxes) and self.hold_breaks:
+            scores[self.hold_breaks] = float("-inf")
+        elif self.hold_breaks and not self._break_after_last_box(answer):
+            # a rewrite dropped the closing paragraph: the answer may not end before it writes one again; where
+            # it would end or open a box (none is left), it starts that paragraph
+            if int(scores.argmax()) in (self.eos_id, self.open_id):
+                _only(scores, self.hold_breaks[0])
+                return
+            scores[self.eos_id] = float("-inf")
         scores[self.close_id] = float("-inf")  # outside a box: a stray close would miscount the boxes written
         scores[self.loc_ids] = float("-inf")  # and a location token is debris
         scores[self.eos_id if done < len(boxes) else self.open_id] = float("-inf")
+
+    def _break_after_last_box(self, answer: list[int]) -> bool:
+        last_close = len(answer) - answer[::-1].index(self.close_id) if self.close_id in answer else 0
+        return any(token in self.hold_breaks for token in answer[last_close:])
 
     def _next_ids(self, answer: list[int], options: set[tuple[int, ...]]) -> list[int] | None:
         """The ids allowed next, or None when the answer is not inside an open box."""

@@ -43,6 +43,16 @@ def test_a_reference_can_only_name_an_entity_named_in_an_earlier_sentence():
     assert allowed_after(named + " next to the red") == everything - {word(" ring")}  # "red ring" was not named
 
 
+def test_mentions_of_an_answer_prefix_given_at_the_first_step_are_named_too():
+    """A rewrite (pancapchain.infer.late_boxes) starts from a written prefix: its mentions count as named."""
+    answer = f"A {BOX} small striped red circle is here. A {BOX} large white ring is next to the"
+    proc = NamedReferences.build(len(PROMPT), TOKENIZER, TAGS)
+    scores = proc(torch.tensor([PROMPT + ids(answer)]), torch.zeros(1, len(TOKENIZER)))
+    assert scores[0, word(" red")] == 0.0 and scores[0, word(" white")] == float("-inf")
+    assert allowed_after(answer) == {t for t in map(word, (" red", " white", " sky", " circle", " ring", " top"))
+                                     if scores[0, t] > float("-inf")}
+
+
 def test_nothing_named_yet_forbids_every_tag_but_leaves_other_words():
     assert allowed_after("Next to the") == {word(" top"), word(" circle"), word(" ring")}
     assert allowed_after(f"The {BOX} sky is in the") == {word(" top"), word(" circle"), word(" ring")}

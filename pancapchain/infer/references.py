@@ -78,7 +78,10 @@ class NamedReferences(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self._named:
             self._named = [{} for _ in range(input_ids.shape[0])]
-            self._pending = [[] for _ in range(input_ids.shape[0])]
+            # an answer given with the prompt (a rewrite decodes on from a prefix, pancapchain.infer.late_boxes)
+            # names its entities too: every </box> before its last token is read like one written here
+            self._pending = [[i for i, t in enumerate(input_ids[row, self.prompt_len : -1].tolist()) if t == self.close_id]
+                             for row in range(input_ids.shape[0])]
         for row in range(scores.shape[0]):
             answer = input_ids[row, self.prompt_len :].tolist()
             self._read_mentions(row, answer)

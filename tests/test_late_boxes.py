@@ -23,8 +23,10 @@ EOS = TOKENIZER.eos_token_id
 B1, B2 = [OPEN, LOC[1], LOC[2], LOC[9], LOC[9], CLOSE], [OPEN, LOC[3], LOC[3], LOC[30], LOC[31], CLOSE]
 
 
-def test_break_ids_are_the_newline_tokens():
-    assert NL in break_ids(TOKENIZER) and DOT not in break_ids(TOKENIZER)
+def test_break_ids_are_the_newline_tokens_plain_newline_first():
+    assert break_ids(TOKENIZER)[0] == NL and DOT not in break_ids(TOKENIZER)
+    other = build_tokenizer(["no breaks here"], vocab_size=300, loc_tokens=True)  # cached per tokenizer
+    assert break_ids(other) == [other("\n", add_special_tokens=False)["input_ids"][0]]
 
 
 def test_the_rewrite_starts_at_the_break_before_a_box_less_closing_paragraph():

@@ -12,19 +12,22 @@ answer may not end before a paragraph break, so the closing paragraph is written
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
-_BREAK_IDS: dict[int, list[int]] = {}  # id(tokenizer) -> its newline token ids (a vocab scan, done once)
+# tokenizer -> its newline token ids (a scan of the vocabulary, done once per tokenizer; weak keys, so a new
+# tokenizer at a freed one's address never reads its list)
+_BREAK_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def break_ids(tokenizer) -> list[int]:
     """Ids of the tokenizer's tokens whose text contains a newline (a paragraph break is a run of them)."""
-    key = id(tokenizer)
-    if key not in _BREAK_IDS:
+    if tokenizer not in _BREAK_IDS:
         texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
         # the plain newline first: a rewrite that would end without its closing paragraph writes it there
-        _BREAK_IDS[key] = sorted((i for i, text in enumerate(texts) if "\n" in text), key=lambda i: texts[i] != "\n")
-    return _BREAK_IDS[key]
+        _BREAK_IDS[tokenizer] = sorted((i for i, text in enumerate(texts) if "\n" in text),
+                                       key=lambda i: texts[i] != "\n")
+    return _BREAK_IDS[tokenizer]
 
 
 def closing_paragraph_start(answer: Sequence[int], end: int, breaks: set[int], open_id: int) -> int | None:

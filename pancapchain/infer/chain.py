@@ -25,8 +25,13 @@ from pancapchain.data.caption_layout import to_tag_first
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.prediction import PredictedEntity, Prediction, StageRecord
 from pancapchain.data.prompts import PromptSet, load_prompts
-from pancapchain.data.stage_parse import (StageItem, drop_refinds, format_items, merge_discovered,
-                                          parse_stage_output)
+from pancapchain.data.stage_parse import (
+    StageItem,
+    drop_refinds,
+    format_items,
+    merge_discovered,
+    parse_stage_output,
+)
 from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor

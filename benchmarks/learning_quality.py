@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -100,8 +101,9 @@ def train(proto: Protocol, variant: Variant, data: dict[str, Path], out: Path, b
 
 
 def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, batch_size: int,
-          rescore_only: bool = False) -> dict:
-    """Infer the held-out set with the variant's plan and score it (``rescore_only``: score existing preds)."""
+          rescore_only: bool = False, infer_args: tuple[str, ...] = ()) -> dict:
+    """Infer the held-out set with the variant's plan and score it (``rescore_only``: score existing preds;
+    ``infer_args``: more ``pancapchain infer`` flags, e.g. ``--localize-views 9``)."""
     run_dir, tag = out / "runs" / variant.name, f"{variant.name}_{eval_set}"
     preds = out / "preds" / f"{tag}.jsonl"
     if not rescore_only:
@@ -109,11 +111,11 @@ def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, bat
         preds.unlink(missing_ok=True)
         plan_flag = {"chain": [], "direct": ["--direct"], "no-discover": ["--skip-discover"]}[variant.plan]
         run([sys.executable, "-m", "pancapchain", "infer", "--model", str(run_dir), "--data", str(data[eval_set]),
-             "--out", str(preds), "--batch-size", str(batch_size), *plan_flag], out / f"infer_{tag}.log")
+             "--out", str(preds), "--batch-size", str(batch_size), *plan_flag, *infer_args], out / f"infer_{tag}.log")
     run([sys.executable, "-m", "pancapchain", "eval", "--pred", str(preds), "--gt", str(data[eval_set]),
          "--out", str(out / "eval" / tag), "--no-caption-metrics"], out / f"eval_{tag}.log")
     metrics = json.loads((out / "eval" / tag / "metrics.json").read_text())
-    return {"metrics": metrics, "cut": cut_share(preds)}
+    return {"metrics": metrics, "cut": cut_share(preds), "infer_args": list(infer_args)}
 
 
 def base_seconds(run_dir: Path) -> float:
@@ -158,6 +160,9 @@ def main() -> int:
                         help="score the existing predictions again with the current evaluation code (no training)")
     parser.add_argument("--reinfer", action="store_true",
                         help="run inference and scoring again with the existing checkpoints (decoding changed; no training)")
+    parser.add_argument("--infer-args", default="",
+                        help="more pancapchain infer flags for every variant, e.g. '--localize-views 9' (recorded in "
+                             "results.json)")
     parser.add_argument("--row", nargs=3, metavar=("RUN", "PREDS", "EVAL_DIR"),
                         help="only print the table row of an existing chain run (used by scripts/demo.sh)")
     args = parser.parse_args()
@@ -174,6 +179,7 @@ def main() -> int:
     unknown = sorted(set(names) - set(proto.variants))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; the protocol has {list(proto.variants)}")
+    infer_args = tuple(shlex.split(args.infer_args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
@@ -184,7 +190,7 @@ def main() -> int:
         for eval_set in results.get(name, {}).get("sets", {}):
             print(f"== {name}: {'infer + eval' if args.reinfer else 'rescore'} {eval_set}", flush=True)
             results[name]["sets"][eval_set] = score(proto.variants[name], eval_set, data, out, proto.infer_batch_size,
-                                                    rescore_only=not args.reinfer)
+                                                    rescore_only=not args.reinfer, infer_args=infer_args)
         atomic_write_json(results_file, results)
     for name in names if not (args.rescore or args.reinfer) else []:
         if name in results and results[name].get("budget_seconds") == proto.budget_seconds:
@@ -197,7 +203,7 @@ def main() -> int:
         entry = {"budget_seconds": proto.budget_seconds, "pretrain_seconds": pretrain_s, "train": metrics, "sets": {}}
         for eval_set in variant.eval_sets:
             print(f"== {name}: infer + eval on {eval_set}", flush=True)
-            entry["sets"][eval_set] = score(variant, eval_set, data, out, proto.infer_batch_size)
+            entry["sets"][eval_set] = score(variant, eval_set, data, out, proto.infer_batch_size, infer_args=infer_args)
         entry["wall_seconds"] = round(time.time() - started, 1)
         results[name] = entry
         atomic_write_json(results_file, results)

@@ -41,6 +41,12 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-late-boxes", action="store_true",
                         help="ordered captions: keep boxes forced in after the closing paragraph (default: decode "
                              "such a caption again from before that paragraph, pancapchain.infer.late_boxes)")
+    parser.add_argument("--localize-views", type=int, default=1,
+                        help="stage 1: decode on this many copies of the image moved by half a vision patch and "
+                             "vote their box lists into one (1-9; default 1: the image only, pancapchain.infer.views)")
+    parser.add_argument("--localize-votes", type=int, default=0,
+                        help="stage 1 with views: keep an entity found by at least this many views (default: a "
+                             "majority, views // 2 + 1)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -57,6 +63,11 @@ def check_generation_args(args: argparse.Namespace) -> None:
         raise PreflightError("--no-repeat-ngram 1 would forbid every token already written: use 0 (off) or >= 2")
     preflight.at_least(args.no_repeat_ngram, 0, "--no-repeat-ngram")
     preflight.in_range(getattr(args, "refind_iou", 0.5), 0.0, 1.0, "--refind-iou")
+    from pancapchain.infer.views import VIEW_SHIFTS
+
+    views = getattr(args, "localize_views", 1)
+    preflight.in_range(views, 1, len(VIEW_SHIFTS), "--localize-views")
+    preflight.in_range(getattr(args, "localize_votes", 0), 0, views, "--localize-votes")
     if getattr(args, "reference_tags", ""):
         if getattr(args, "free_references", False):
             raise PreflightError("--reference-tags sets the tags of the rule --free-references turns off: drop one")
@@ -95,7 +106,15 @@ def generation_options(args: argparse.Namespace):
                              reference_tags=tuple(training_tags(args.reference_tags))
                              if getattr(args, "reference_tags", "") else (),
                              refind_iou=getattr(args, "refind_iou", 0.5),
-                             late_boxes=not getattr(args, "keep_late_boxes", False))
+                             late_boxes=not getattr(args, "keep_late_boxes", False),
+                             localize_views=getattr(args, "localize_views", 1),
+                             localize_votes=localize_votes(args))
+
+
+def localize_votes(args: argparse.Namespace) -> int:
+    """``--localize-votes``, or a majority of ``--localize-views`` when it is 0 (unset)."""
+    views = getattr(args, "localize_views", 1)
+    return getattr(args, "localize_votes", 0) or views // 2 + 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -21,6 +21,7 @@ from pancapchain.infer.given_boxes import GivenBoxes
 from pancapchain.infer.late_boxes import break_ids, closing_paragraph_start
 from pancapchain.infer.references import NamedReferences
 from pancapchain.infer.repeats import NoRepeatText, RepeatStop
+from pancapchain.infer.views import VIEW_SHIFTS
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
 
@@ -59,6 +60,10 @@ class GenerationOptions:
     # ordered captions that wanted to end with boxes left after a box-less closing paragraph are decoded again
     # from before it, paragraph breaks held until the boxes are written (pancapchain.infer.late_boxes)
     late_boxes: bool = True
+    # stage 1 is decoded on this many copies of the image moved by half a vision patch (1: the image only), and
+    # an entity is kept when at least ``localize_votes`` of them find it (pancapchain.infer.views)
+    localize_views: int = 1
+    localize_votes: int = 1
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -71,6 +76,9 @@ class GenerationOptions:
             raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only {GIVEN_BOX_STAGES} are given boxes")
         if not 0.0 <= self.refind_iou <= 1.0:
             raise ValueError(f"refind_iou={self.refind_iou}: an IoU in [0, 1] (0 keeps every stage-3 item)")
+        if not 1 <= self.localize_votes <= self.localize_views <= len(VIEW_SHIFTS):
+            raise ValueError(f"localize_views={self.localize_views}, localize_votes={self.localize_votes}: need "
+                             f"1 <= votes <= views <= {len(VIEW_SHIFTS)}")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")

@@ -1,0 +1,93 @@
+"""Stage 1 seen from shifted views: the box list voted over copies of the image moved by half a vision patch.
+
+A location-token model writes a box "about here" at the resolution of the tower's patch grid: most of stage 1's
+errors are a box on the wrong grid phase, or a box on nothing. Moving the image by half a patch puts every
+entity on another phase of the same grid, so the views' errors are partly independent. ``fuse_box_lists``
+keeps an entity that enough views find and places it at the coordinate-wise median of their boxes (measured
+in docs/learning_quality.md, "Stage 1 voted over shifted views").
+
+Only stage 1 is voted: its answer is a set of boxes, so views can be matched box to box. The later stages read
+the voted list as their given list, as they read a user's edit. (A direct caption's boxes sit inside text that
+differs from view to view, so there is nothing to vote on.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+
+from pancapchain.data.boxes import box_iou
+from pancapchain.data.schema import Box
+
+# The shifts of the views in patches, (0, 0) first: the centre view, then the 4 edge neighbours, then the 4
+# corners of a 3x3 grid of half-patch moves. ``views=n`` uses the first n.
+VIEW_SHIFTS: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5),
+    (0.5, 0.5), (-0.5, 0.5), (0.5, -0.5), (-0.5, -0.5),
+)
+# Two views' boxes are one entity when their IoU is at least this (low: each view's box is off by up to half a
+# patch; the Hungarian matching keeps one box per view per entity).
+MATCH_IOU = 0.3
+
+
+def view_pixel_shifts(views: int, width: int, height: int, patch_fraction: float) -> list[tuple[int, int]]:
+    """The first ``views`` shifts in pixels of a ``width`` x ``height`` image, for a tower whose patch is
+    ``patch_fraction`` of the image side (patch_size / image_size)."""
+    if not 1 <= views <= len(VIEW_SHIFTS):
+        raise ValueError(f"views={views}: between 1 and {len(VIEW_SHIFTS)}")
+    return [(round(fx * patch_fraction * width), round(fy * patch_fraction * height))
+            for fx, fy in VIEW_SHIFTS[:views]]
+
+
+def shift_image(image: Image.Image, dx: int, dy: int) -> Image.Image:
+    """``image`` with its content moved by (dx, dy) pixels (right/down positive), same size; the uncovered border
+    repeats the edge pixels (a flat band of a new colour could read as an entity)."""
+    if dx == 0 and dy == 0:
+        return image
+    pixels = np.asarray(image.convert("RGB"))
+    height, width = pixels.shape[:2]
+    padded = np.pad(pixels, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
+    top, left = abs(dy) - dy, abs(dx) - dx
+    return Image.fromarray(padded[top : top + height, left : left + width])
+
+
+def unshift_box(box: Box, dx: int, dy: int, width: int, height: int) -> Box:
+    """A normalized box read on the shifted image, moved back onto the original and clipped to it."""
+    ox, oy = dx / width, dy / height
+    x1, y1, x2, y2 = (min(max(v, 0.0), 1.0) for v in (box[0] - ox, box[1] - oy, box[2] - ox, box[3] - oy))
+    return (x1, y1, x2, y2)
+
+
+def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float = MATCH_IOU) -> list[Box]:
+    """Vote over the views' box lists (each in its view's answer order) of one image.
+
+    Each view's boxes are matched one to one (Hungarian, IoU >= ``match_iou``) to the entities found so far,
+    each entity represented by the median of its boxes; an unmatched box starts a new entity. Entities found by
+    at least ``votes`` views are kept, at the coordinate-wise median of their boxes, ordered by their mean
+    relative position in the views' answers (so the voted list keeps the order the model was taught).
+    """
+    entities: list[list[tuple[Box, float]]] = []  # per entity: (box, relative rank in its view's list)
+    for boxes in lists:
+        ranks = [i / max(len(boxes), 1) for i in range(len(boxes))]
+        matched: dict[int, int] = {}
+        if entities and boxes:
+            centres = [_median(members) for members in entities]
+            iou = np.array([[box_iou(c, b) for b in boxes] for c in centres])
+            rows, cols = linear_sum_assignment(-iou)
+            matched = {int(c): int(r) for r, c in zip(rows, cols) if iou[r, c] >= match_iou}
+        for i, box in enumerate(boxes):
+            if i in matched:
+                entities[matched[i]].append((tuple(box), ranks[i]))
+            else:
+                entities.append([(tuple(box), ranks[i])])
+    kept = [members for members in entities if len(members) >= votes]
+    kept.sort(key=lambda members: float(np.mean([rank for _, rank in members])))
+    return [_median(members) for members in kept]
+
+
+def _median(members: Sequence[tuple[Box, float]]) -> Box:
+    values = np.median(np.array([box for box, _ in members], dtype=np.float64), axis=0)
+    return tuple(float(v) for v in values)

@@ -161,8 +161,8 @@ def main() -> int:
     parser.add_argument("--reinfer", action="store_true",
                         help="run inference and scoring again with the existing checkpoints (decoding changed; no training)")
     parser.add_argument("--infer-args", default="",
-                        help="more pancapchain infer flags for every variant, e.g. '--localize-views 9' (recorded in "
-                             "results.json)")
+                        help="more pancapchain infer flags for every variant, after the protocol's infer_args "
+                             "(e.g. '--localize-views 1' turns its views off; recorded in results.json)")
     parser.add_argument("--row", nargs=3, metavar=("RUN", "PREDS", "EVAL_DIR"),
                         help="only print the table row of an existing chain run (used by scripts/demo.sh)")
     args = parser.parse_args()
@@ -179,7 +179,7 @@ def main() -> int:
     unknown = sorted(set(names) - set(proto.variants))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; the protocol has {list(proto.variants)}")
-    infer_args = tuple(shlex.split(args.infer_args))
+    infer_args = proto.infer_args + tuple(shlex.split(args.infer_args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"

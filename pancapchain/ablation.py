@@ -8,6 +8,7 @@ variant fails at start, not after an hour of training the other variants.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from pancapchain.config import RecipeConfig, load_recipe
 
 PLANS = ("chain", "no-discover", "direct")  # pancapchain.infer.chain.PLANS (not imported: no torch here)
 _TOP_KEYS = {"recipe", "budget_seconds", "pretrain_seconds", "lm_pretrain_seconds", "data", "loss_rows",
-             "infer_batch_size", "variants"}
-_OPTIONAL_KEYS = {"pretrain_seconds", "lm_pretrain_seconds"}
+             "infer_batch_size", "infer_args", "variants"}
+_OPTIONAL_KEYS = {"pretrain_seconds", "lm_pretrain_seconds", "infer_args"}
 _VARIANT_KEYS = {"plan", "overrides", "eval_sets"}
 _SET_KEYS = {"n", "seed", "size"}
 
@@ -60,6 +61,9 @@ class Protocol:
     # > 0: that base's language model is then pretrained on the caption rows without images (pretrain-tiny
     # --lm-seconds); these seconds come out of each variant's budget too
     lm_pretrain_seconds: float = 0.0
+    # more `pancapchain infer` flags for every variant (decoding settings; a plan without stage 1 ignores the
+    # stage-1 ones)
+    infer_args: tuple[str, ...] = ()
 
     @property
     def train_seconds(self) -> float:
@@ -97,8 +101,12 @@ def load_protocol(path: str | Path, root: str | Path = ".") -> Protocol:
     elif pretrain + lm >= budget:
         problems.append(f"pretrain_seconds + lm_pretrain_seconds ({pretrain + lm:g}) must stay below "
                         f"budget_seconds ({budget:g}): the variants need time to train")
+    infer_args = raw.get("infer_args") or ""
+    if not isinstance(infer_args, str):
+        problems.append(f"infer_args is one string of pancapchain infer flags, not {infer_args!r}")
+        infer_args = ""
     proto = Protocol(Path(root) / raw["recipe"], budget, data, int(raw["loss_rows"]), int(raw["infer_batch_size"]),
-                     variants, pretrain, lm)
+                     variants, pretrain, lm, tuple(shlex.split(infer_args)))
     for variant in variants.values():
         try:
             proto.recipe_for(variant)

@@ -34,7 +34,10 @@ PYEOF
 
 echo "== 4/6 four-stage chain on the held-out scenes -> $RUN/preds.jsonl"
 rm -f "$RUN/preds.jsonl"
-$PY -m pancapchain infer --model "$RUN" --data "$DATA/val/val.jsonl" --out "$RUN/preds.jsonl" --batch-size 16
+# stage 1 voted over 9 views shifted by half a patch, stage-3 finds kept when 2 views boxed them (the protocol's
+# decoding, eval/synthetic_ablation.yaml; docs/learning_quality.md)
+$PY -m pancapchain infer --model "$RUN" --data "$DATA/val/val.jsonl" --out "$RUN/preds.jsonl" --batch-size 16 \
+  --localize-views 9 --discover-seen 2
 
 echo "== 5/6 PancapScore and mask metrics -> $RUN/eval"
 $PY -m pancapchain eval --pred "$RUN/preds.jsonl" --gt "$DATA/val/val.jsonl" --out "$RUN/eval" --no-caption-metrics

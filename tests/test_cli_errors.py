@@ -173,6 +173,8 @@ CASES = [
      "--localize-views 10: must be between 1 and 9"),
     ("infer-localize-votes-over-views", [*INFER, "--out", "p.jsonl", "--localize-views", "3", "--localize-votes",
                                          "4"], "pancapchain infer", "--localize-votes 4: must be between 0 and 3"),
+    ("infer-discover-seen-without-views", [*INFER, "--out", "p.jsonl", "--discover-seen", "2"], "pancapchain infer",
+     "--discover-seen counts the stage-1 views that boxed a find: it needs --localize-views > 1"),
     ("infer-ordered-boxes-localize", [*INFER, "--out", "p.jsonl", "--ordered-boxes", "label,localize"],
      "pancapchain infer", "['localize'] give no boxes; choose from label, caption or 'none'"),
     ("infer-free-boxes-ordered", [*INFER, "--out", "p.jsonl", "--free-boxes", "--ordered-boxes", "label"],

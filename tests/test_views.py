@@ -97,3 +97,24 @@ def test_the_chain_votes_stage1_over_shifted_views_and_stage2_reads_the_voted_li
     seen.clear()
     chain.run_stage("localize", [state], [state.image], GenerationOptions())  # one view: the answer as written
     assert len(seen) == 1 and len(state.outputs["localize"].items) == 2
+
+
+def test_stage3_finds_no_view_boxed_are_dropped_and_counted():
+    chain = PancapChain(None, SimpleNamespace(tokenizer=None), load_prompts(), BoxCodec("asmv2"), None)
+    state = ChainState("img", Image.new("RGB", (100, 100)))
+    chain.set_output(state, "label", "cat <box>[[0, 0, 500, 500]]</box>")
+    seen_twice, seen_once = (0.6, 0.6, 0.9, 0.9), (0.0, 0.6, 0.3, 0.9)
+    state.view_boxes = [[(0.0, 0.0, 0.5, 0.5), seen_twice], [(0.62, 0.6, 0.9, 0.92), seen_once], [seen_twice]]
+    found = "dog <box>[[600, 600, 900, 900]]</box>, bird <box>[[0, 600, 300, 900]]</box>, ghost <box>[[0, 0, 100, 50]]</box>"
+    chain.generator.generate = lambda prompts, *args, **kwargs: [Decoded(found, False)]
+    options = GenerationOptions(localize_views=3, localize_votes=2, discover_seen=2)
+    chain.run_stage("discover", [state], None, options)
+    out = state.outputs["discover"]
+    assert [it.tag for it in out.items] == ["dog"] and out.unseen == 2 and out.record().to_dict()["unseen"] == 2
+    chain.run_stage("discover", [state], None, GenerationOptions(localize_views=3, localize_votes=2, discover_seen=1))
+    assert [it.tag for it in state.outputs["discover"].items] == ["dog", "bird"]
+    state.view_boxes = []  # stage 1 given or decoded on the image only: nothing to count, every find is kept
+    chain.run_stage("discover", [state], None, options)
+    assert len(state.outputs["discover"].items) == 3 and state.outputs["discover"].unseen == 0
+    with pytest.raises(ValueError, match="discover_seen"):
+        GenerationOptions(discover_seen=1)

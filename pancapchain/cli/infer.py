@@ -47,6 +47,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--localize-votes", type=int, default=0,
                         help="stage 1 with views: keep an entity found by at least this many views (default: a "
                              "majority, views // 2 + 1)")
+    parser.add_argument("--discover-seen", type=int, default=0,
+                        help="stage 1 with views: drop a stage-3 find that fewer than this many views boxed "
+                             "(IoU >= 0.5; default 0 keeps every find)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -68,6 +71,9 @@ def check_generation_args(args: argparse.Namespace) -> None:
     views = getattr(args, "localize_views", 1)
     preflight.in_range(views, 1, len(VIEW_SHIFTS), "--localize-views")
     preflight.in_range(getattr(args, "localize_votes", 0), 0, views, "--localize-votes")
+    if getattr(args, "discover_seen", 0) and views == 1:
+        raise PreflightError("--discover-seen counts the stage-1 views that boxed a find: it needs --localize-views > 1")
+    preflight.in_range(getattr(args, "discover_seen", 0), 0, views, "--discover-seen")
     if getattr(args, "reference_tags", ""):
         if getattr(args, "free_references", False):
             raise PreflightError("--reference-tags sets the tags of the rule --free-references turns off: drop one")
@@ -108,7 +114,8 @@ def generation_options(args: argparse.Namespace):
                              refind_iou=getattr(args, "refind_iou", 0.5),
                              late_boxes=not getattr(args, "keep_late_boxes", False),
                              localize_views=getattr(args, "localize_views", 1),
-                             localize_votes=localize_votes(args))
+                             localize_votes=localize_votes(args),
+                             discover_seen=getattr(args, "discover_seen", 0))
 
 
 def localize_votes(args: argparse.Namespace) -> int:

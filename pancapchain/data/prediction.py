@@ -6,7 +6,7 @@ One JSON object per line, keys in this order (``caption*`` absent when the chain
     id            str
     width/height  int, the image size
     stages        {stage: {prompt, raw, items: [{tag, boxes}], malformed, duplicates, truncated, edited,
-                   repeat_stopped, refinds}}  in the order the stages ran
+                   repeat_stopped, refinds, unseen}}  in the order the stages ran
     caption_model str, the caption as generated (the model's box format)
     caption       str, the caption with normalized boxes ``[[x1, y1, x2, y2]]``
     entities      [{tag, box (normalized xyxy, 4 decimals), box_model}]
@@ -48,6 +48,7 @@ class StageRecord:
     edited: bool = False
     repeat_stopped: bool = False
     refinds: int = 0  # stage 3: items dropped as a known entity found again
+    unseen: int = 0  # stage 3: items dropped as no stage-1 view boxed them (pancapchain.infer.views)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +61,7 @@ class StageRecord:
             "edited": self.edited,
             "repeat_stopped": self.repeat_stopped,
             "refinds": self.refinds,
+            "unseen": self.unseen,
         }
 
     @classmethod
@@ -67,7 +69,7 @@ class StageRecord:
         items = tuple((it.get("tag"), tuple(tuple(b) for b in it.get("boxes", ()))) for it in obj.get("items", ()))
         return cls(str(obj.get("prompt", "")), str(obj.get("raw", "")), items, tuple(obj.get("malformed", ())),
                    int(obj.get("duplicates", 0)), bool(obj.get("truncated", False)), bool(obj.get("edited", False)),
-                   bool(obj.get("repeat_stopped", False)), int(obj.get("refinds", 0)))
+                   bool(obj.get("repeat_stopped", False)), int(obj.get("refinds", 0)), int(obj.get("unseen", 0)))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
 from pancapchain.infer.references import REFERENCE_TAGS_KEY
-from pancapchain.infer.views import fuse_box_lists, shift_image, unshift_box, view_pixel_shifts
+from pancapchain.infer.views import fuse_box_lists, keep_seen, shift_image, unshift_box, view_pixel_shifts
 from pancapchain.mask.head import load_mask_head
 
 # What ``run`` generates, in order. "direct" is the paper's baseline (one prompt, image -> caption); its answer
@@ -67,12 +67,13 @@ class StageOutput:
     edited: bool = False
     repeat_stopped: bool = False  # generation ended on a loop (pancapchain.infer.repeats), not at max tokens
     refinds: int = 0  # stage 3: generated items dropped as a known entity found again (GenerationOptions.refind_iou)
+    unseen: int = 0  # stage 3: generated items dropped as no stage-1 view boxed them (GenerationOptions.discover_seen)
 
     def record(self) -> StageRecord:
         """This output as it is written in a prediction row."""
         items = tuple((it.tag, it.boxes) for it in self.items)
         return StageRecord(self.prompt, self.raw, items, self.malformed, self.duplicates, self.truncated,
-                           self.edited, self.repeat_stopped, self.refinds)
+                           self.edited, self.repeat_stopped, self.refinds, self.unseen)
 
 
 @dataclass
@@ -83,6 +84,7 @@ class ChainState:
     image: Image.Image
     outputs: dict[str, StageOutput] = field(default_factory=dict)
     masks: list = field(default_factory=list)  # GroupMask per box group of the caption (with a mask head)
+    view_boxes: list = field(default_factory=list)  # per stage-1 view: its boxes on the original image (views only)
 
     @property
     def width(self) -> int:
@@ -176,6 +178,8 @@ class PancapChain:
             out.repeat_stopped = decoded.repeat_stopped
             if stage == "discover":  # generated finds only: a user's edit of stage 3 is kept as given
                 kept, out.refinds = drop_refinds(out.items, state.items("label"), options.refind_iou)
+                if options.discover_seen and state.view_boxes:
+                    kept, out.unseen = keep_seen(kept, state.view_boxes, options.discover_seen)
                 out.items = tuple(kept)
         if output_slot(stage) == "caption":
             self.predict_masks(states, features)
@@ -212,6 +216,7 @@ class PancapChain:
                                  for item in parsed.items for box in item.boxes])
                 cut[i] = cut[i] or decoded.truncated
         for i, state in enumerate(states):
+            state.view_boxes = boxes[i]
             voted = fuse_box_lists(boxes[i], options.localize_votes)
             raw = format_items([StageItem(None, (box,)) for box in voted], self.codec, state.width, state.height)
             self.set_output(state, "localize", raw if voted else "", prompts[i], cut[i])

@@ -64,6 +64,8 @@ class GenerationOptions:
     # an entity is kept when at least ``localize_votes`` of them find it (pancapchain.infer.views)
     localize_views: int = 1
     localize_votes: int = 1
+    # with views: a stage-3 find is kept only when at least this many views boxed it (0: every find is kept)
+    discover_seen: int = 0
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -79,6 +81,9 @@ class GenerationOptions:
         if not 1 <= self.localize_votes <= self.localize_views <= len(VIEW_SHIFTS):
             raise ValueError(f"localize_views={self.localize_views}, localize_votes={self.localize_votes}: need "
                              f"1 <= votes <= views <= {len(VIEW_SHIFTS)}")
+        if not 0 <= self.discover_seen <= self.localize_views or (self.discover_seen and self.localize_views == 1):
+            raise ValueError(f"discover_seen={self.discover_seen}: 0 (off) or 1..localize_views "
+                             f"({self.localize_views}), with localize_views > 1")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")

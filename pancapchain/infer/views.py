@@ -28,6 +28,8 @@ VIEW_SHIFTS: tuple[tuple[float, float], ...] = (
     (0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (-0.5, 0.0), (0.0, -0.5),
     (0.5, 0.5), (-0.5, 0.5), (0.5, -0.5), (-0.5, -0.5),
 )
+# A stage-3 find "was seen" by a view that has a box on it at this IoU (the matching IoU of the evaluation).
+SEEN_IOU = 0.5
 # Two views' boxes are one entity when their IoU is at least this (low: each view's box is off by up to half a
 # patch; the Hungarian matching keeps one box per view per entity).
 MATCH_IOU = 0.3
@@ -91,3 +93,16 @@ def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float 
 def _median(members: Sequence[tuple[Box, float]]) -> Box:
     values = np.median(np.array([box for box, _ in members], dtype=np.float64), axis=0)
     return tuple(float(v) for v in values)
+
+
+def views_seeing(box: Box, view_boxes: Sequence[Sequence[Box]], min_iou: float = SEEN_IOU) -> int:
+    """How many views have a box on ``box`` at IoU >= ``min_iou`` (``view_boxes``: per view, its stage-1 boxes
+    moved back onto the original image)."""
+    return sum(any(box_iou(box, other) >= min_iou for other in boxes) for boxes in view_boxes)
+
+
+def keep_seen(found: Sequence, view_boxes: Sequence[Sequence[Box]], min_views: int) -> tuple[list, int]:
+    """Stage-3 items (``StageItem``) some box of which at least ``min_views`` stage-1 views boxed; the others are
+    finds no view saw (mostly boxes on nothing). Returns (kept, number dropped)."""
+    kept = [item for item in found if any(views_seeing(box, view_boxes) >= min_views for box in item.boxes)]
+    return kept, len(found) - len(kept)

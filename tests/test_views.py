@@ -113,7 +113,8 @@ def test_stage3_finds_no_view_boxed_are_dropped_and_counted():
     assert [it.tag for it in out.items] == ["dog"] and out.unseen == 2 and out.record().to_dict()["unseen"] == 2
     chain.run_stage("discover", [state], None, GenerationOptions(localize_views=3, localize_votes=2, discover_seen=1))
     assert [it.tag for it in state.outputs["discover"].items] == ["dog", "bird"]
-    state.view_boxes = []  # stage 1 given or decoded on the image only: nothing to count, every find is kept
+    chain.set_output(state, "localize", "<box>[[0, 0, 500, 500]]</box>", edited=True)  # a user's stage 1
+    assert state.view_boxes == []  # nothing to count: every find is kept
     chain.run_stage("discover", [state], None, options)
     assert len(state.outputs["discover"].items) == 3 and state.outputs["discover"].unseen == 0
     with pytest.raises(ValueError, match="discover_seen"):

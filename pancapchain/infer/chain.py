@@ -150,6 +150,8 @@ class PancapChain:
                    edited: bool = False) -> StageOutput:
         """Parse ``raw`` as the output of ``stage`` and store it (generated text or user-given text)."""
         slot = output_slot(stage)
+        if slot == "localize" and edited:
+            state.view_boxes = []  # a given or edited stage 1 has no views for --discover-seen to count
         parsed = parse_stage_output(slot, self.tag_first(slot, raw), self.codec, state.width, state.height)
         out = StageOutput(slot, prompt, raw, parsed.items, parsed.malformed, parsed.duplicates, truncated, edited)
         state.outputs[slot] = out

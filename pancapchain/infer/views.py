@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from pancapchain.data.boxes import box_iou
+from pancapchain.data.boxes import box_iou, box_iou_matrix_f32
 from pancapchain.data.schema import Box
 
 # The shifts of the views in patches, (0, 0) first: the centre view, then the 4 edge neighbours, then the 4
@@ -77,7 +77,7 @@ def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float 
         matched: dict[int, int] = {}
         if entities and boxes:
             centres = [_median(members) for members in entities]
-            iou = np.array([[box_iou(c, b) for b in boxes] for c in centres])
+            iou = box_iou_matrix_f32(np.array(centres), np.array(boxes))
             rows, cols = linear_sum_assignment(-iou)
             matched = {int(c): int(r) for r, c in zip(rows, cols) if iou[r, c] >= match_iou}
         for i, box in enumerate(boxes):

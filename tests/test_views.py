@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.boxes import BoxCodec, box_iou
 from pancapchain.data.prompts import load_prompts
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import Decoded, GenerationOptions
-from pancapchain.infer.views import fuse_box_lists, shift_image, unshift_box, view_pixel_shifts
+from pancapchain.infer.views import (
+    fuse_box_lists,
+    mirror_image,
+    shift_image,
+    unmirror_box,
+    unshift_box,
+    view_pixel_shifts,
+)
 
 
 def _square_image(width: int = 64, height: int = 64, box=(20, 10, 36, 30)) -> Image.Image:
@@ -61,11 +68,40 @@ def test_votes_keep_entities_most_views_find_at_the_median_box_in_answer_order()
     assert len(fuse_box_lists([[left, left], [left]], votes=2)) == 1
 
 
+def test_suppression_drops_an_overlapping_entity_fewer_views_found():
+    shape, second, neighbour = (0.1, 0.1, 0.4, 0.4), (0.12, 0.14, 0.44, 0.42), (0.6, 0.6, 0.9, 0.9)
+    close = (0.62, 0.58, 0.92, 0.9)  # overlaps the neighbour as much, found by as many views: kept
+    views = [[shape, second, neighbour, close], [shape, neighbour, close], [shape, second, neighbour, close]]
+    assert box_iou(shape, second) >= 0.5 and box_iou(neighbour, close) >= 0.5
+    assert len(fuse_box_lists(views, votes=2)) == 4
+    assert fuse_box_lists(views, votes=2, suppress_iou=0.5) == [
+        pytest.approx(shape), pytest.approx(neighbour), pytest.approx(close)]
+    assert len(fuse_box_lists(views, votes=2, suppress_iou=0.95)) == 4  # not overlapping that much
+    with pytest.raises(ValueError, match="localize_suppress"):
+        GenerationOptions(localize_views=3, localize_votes=2, localize_suppress=1.5)
+
+
 def test_generation_options_check_views_and_votes():
     assert GenerationOptions(localize_views=9, localize_votes=5).localize_votes == 5
-    for views, votes in ((0, 1), (3, 4), (10, 1), (3, 0)):
-        with pytest.raises(ValueError, match="localize_views"):
+    for views, votes, wrong in ((0, 1, "views"), (3, 4, "votes"), (10, 1, "views"), (3, 0, "votes")):
+        with pytest.raises(ValueError, match=f"localize_{wrong}"):
             GenerationOptions(localize_views=views, localize_votes=votes)
+    mirrored = GenerationOptions(localize_views=3, localize_votes=6, localize_mirror=True, discover_seen=6)
+    assert mirrored.total_views == 6  # the mirror images vote too
+    with pytest.raises(ValueError, match="localize_votes=7"):
+        GenerationOptions(localize_views=3, localize_votes=7, localize_mirror=True)
+    assert GenerationOptions(localize_mirror=True, discover_seen=2).total_views == 2
+
+
+def test_mirrored_views_move_boxes_back_and_do_not_order_the_list():
+    image = _square_image(box=(4, 10, 20, 30))
+    assert _white_box(mirror_image(image)) == (44, 10, 60, 30)
+    assert unmirror_box((0.6875, 0.1, 0.9375, 0.5)) == pytest.approx((0.0625, 0.1, 0.3125, 0.5))
+    first, second = (0.1, 0.1, 0.3, 0.3), (0.6, 0.6, 0.9, 0.9)
+    # the mirrored views list the entities the other way round; only the ordered view's order counts
+    views = [[first, second], [second, first], [second, first]]
+    assert fuse_box_lists(views, votes=2, ordered=[True, False, False]) == [first, second]
+    assert fuse_box_lists(views, votes=2) == [second, first]
 
 
 def test_the_chain_votes_stage1_over_shifted_views_and_stage2_reads_the_voted_list():
@@ -95,6 +131,10 @@ def test_the_chain_votes_stage1_over_shifted_views_and_stage2_reads_the_voted_li
     assert out.raw == "<box>[[312, 156, 562, 469]]</box>" and not out.truncated
     assert chain.stage_prompt("label", state).endswith(out.raw)
     seen.clear()
+    chain.run_stage("localize", [state], [state.image], GenerationOptions(localize_mirror=True, localize_votes=2))
+    assert seen == [(20, 10, 36, 30), (28, 10, 44, 30)]  # the image, then its mirror image
+    assert [it.boxes for it in state.outputs["localize"].items] == [((0.312, 0.156, 0.562, 0.469),)]
+    seen.clear()
     chain.run_stage("localize", [state], [state.image], GenerationOptions())  # one view: the answer as written
     assert len(seen) == 1 and len(state.outputs["localize"].items) == 2
 
@@ -119,3 +159,4 @@ def test_stage3_finds_no_view_boxed_are_dropped_and_counted():
     assert len(state.outputs["discover"].items) == 3 and state.outputs["discover"].unseen == 0
     with pytest.raises(ValueError, match="discover_seen"):
         GenerationOptions(discover_seen=1)
+

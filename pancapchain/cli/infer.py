@@ -44,9 +44,14 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--localize-views", type=int, default=1,
                         help="stage 1: decode on this many copies of the image moved by half a vision patch and "
                              "vote their box lists into one (1-9; default 1: the image only, pancapchain.infer.views)")
+    parser.add_argument("--localize-mirror", action="store_true",
+                        help="stage 1: decode each view also mirrored left to right (twice the views vote)")
     parser.add_argument("--localize-votes", type=int, default=0,
                         help="stage 1 with views: keep an entity found by at least this many views (default: a "
-                             "majority, views // 2 + 1)")
+                             "majority, views // 2 + 1, of all views with their mirror images)")
+    parser.add_argument("--localize-suppress", type=float, default=0.0,
+                        help="stage 1 with views: drop a voted entity whose box overlaps, at IoU >= this, one that "
+                             "more views found (default 0: off)")
     parser.add_argument("--discover-seen", type=int, default=0,
                         help="stage 1 with views: drop a stage-3 find that fewer than this many views boxed "
                              "(IoU >= 0.5; default 0 keeps every find)")
@@ -68,11 +73,16 @@ def check_generation_args(args: argparse.Namespace) -> None:
     preflight.in_range(getattr(args, "refind_iou", 0.5), 0.0, 1.0, "--refind-iou")
     from pancapchain.infer.views import VIEW_SHIFTS
 
-    views = getattr(args, "localize_views", 1)
-    preflight.in_range(views, 1, len(VIEW_SHIFTS), "--localize-views")
+    preflight.in_range(getattr(args, "localize_views", 1), 1, len(VIEW_SHIFTS), "--localize-views")
+    views = total_views(args)
     preflight.in_range(getattr(args, "localize_votes", 0), 0, views, "--localize-votes")
+    preflight.in_range(getattr(args, "localize_suppress", 0.0), 0.0, 1.0, "--localize-suppress")
+    if getattr(args, "localize_suppress", 0.0) and views == 1:
+        raise PreflightError("--localize-suppress compares how many stage-1 views found two overlapping entities: "
+                             "it needs --localize-views > 1 or --localize-mirror")
     if getattr(args, "discover_seen", 0) and views == 1:
-        raise PreflightError("--discover-seen counts the stage-1 views that boxed a find: it needs --localize-views > 1")
+        raise PreflightError("--discover-seen counts the stage-1 views that boxed a find: it needs --localize-views > 1 "
+                             "or --localize-mirror")
     preflight.in_range(getattr(args, "discover_seen", 0), 0, views, "--discover-seen")
     if getattr(args, "reference_tags", ""):
         if getattr(args, "free_references", False):
@@ -115,13 +125,19 @@ def generation_options(args: argparse.Namespace):
                              late_boxes=not getattr(args, "keep_late_boxes", False),
                              localize_views=getattr(args, "localize_views", 1),
                              localize_votes=localize_votes(args),
+                             localize_mirror=getattr(args, "localize_mirror", False),
+                             localize_suppress=getattr(args, "localize_suppress", 0.0),
                              discover_seen=getattr(args, "discover_seen", 0))
 
 
+def total_views(args: argparse.Namespace) -> int:
+    """The stage-1 views that vote: ``--localize-views``, twice with ``--localize-mirror``."""
+    return getattr(args, "localize_views", 1) * (2 if getattr(args, "localize_mirror", False) else 1)
+
+
 def localize_votes(args: argparse.Namespace) -> int:
-    """``--localize-votes``, or a majority of ``--localize-views`` when it is 0 (unset)."""
-    views = getattr(args, "localize_views", 1)
-    return getattr(args, "localize_votes", 0) or views // 2 + 1
+    """``--localize-votes``, or a majority of the views when it is 0 (unset)."""
+    return getattr(args, "localize_votes", 0) or total_views(args) // 2 + 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:

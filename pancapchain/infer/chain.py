@@ -36,7 +36,8 @@ from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
 from pancapchain.infer.references import REFERENCE_TAGS_KEY
-from pancapchain.infer.views import fuse_box_lists, keep_seen, shift_image, unshift_box, view_pixel_shifts
+from pancapchain.infer.view_stages import run_localize_views
+from pancapchain.infer.views import keep_seen
 from pancapchain.mask.head import load_mask_head
 
 # What ``run`` generates, in order. "direct" is the paper's baseline (one prompt, image -> caption); its answer
@@ -171,8 +172,8 @@ class PancapChain:
     # --------------------------------------------------------------------------------------- run
     def run_stage(self, stage: str, states: Sequence[ChainState], features, options: GenerationOptions) -> None:
         """Generate ``stage`` for every state in one batch (``features`` from ``encode`` for these states)."""
-        if stage == "localize" and options.localize_views > 1:
-            self.run_localize_views(states, features, options)
+        if stage == "localize" and options.total_views > 1:
+            run_localize_views(self, states, features, options)
             return
         prompts = [self.stage_prompt(stage, s) for s in states]
         for state, prompt, decoded in zip(states, prompts, self.decode_stage(stage, states, prompts, features, options)):
@@ -200,28 +201,6 @@ class PancapChain:
             late_boxes=options.late_boxes and output_slot(stage) == "caption",
             seed=options.seed,
         )
-
-    def run_localize_views(self, states: Sequence[ChainState], features, options: GenerationOptions) -> None:
-        """Stage 1 decoded on ``options.localize_views`` shifted copies of each image and voted into one box list
-        (pancapchain.infer.views); the stored raw text is the voted list, cut if any view was cut."""
-        prompts = [self.stage_prompt("localize", s) for s in states]
-        shifts = [view_pixel_shifts(options.localize_views, s.width, s.height, self.patch_fraction) for s in states]
-        boxes: list[list[list]] = [[] for _ in states]  # per state, per view: boxes on the original image
-        cut = [False] * len(states)
-        for view in range(options.localize_views):
-            moved = [ChainState(s.id, shift_image(s.image, *shifts[i][view])) for i, s in enumerate(states)]
-            view_features = features if view == 0 else self.encode(moved)
-            for i, decoded in enumerate(self.decode_stage("localize", moved, prompts, view_features, options)):
-                parsed = parse_stage_output("localize", decoded.text, self.codec, states[i].width, states[i].height)
-                dx, dy = shifts[i][view]
-                boxes[i].append([unshift_box(box, dx, dy, states[i].width, states[i].height)
-                                 for item in parsed.items for box in item.boxes])
-                cut[i] = cut[i] or decoded.truncated
-        for i, state in enumerate(states):
-            state.view_boxes = boxes[i]
-            voted = fuse_box_lists(boxes[i], options.localize_votes)
-            raw = format_items([StageItem(None, (box,)) for box in voted], self.codec, state.width, state.height)
-            self.set_output(state, "localize", raw if voted else "", prompts[i], cut[i])
 
     @property
     def patch_fraction(self) -> float:

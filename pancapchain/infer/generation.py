@@ -64,6 +64,10 @@ class GenerationOptions:
     # an entity is kept when at least ``localize_votes`` of them find it (pancapchain.infer.views)
     localize_views: int = 1
     localize_votes: int = 1
+    # each view is also decoded mirrored left to right: 2 x localize_views views vote
+    localize_mirror: bool = False
+    # with views: a voted entity overlapping (IoU >= this) one that more views found is dropped (0: off)
+    localize_suppress: float = 0.0
     # with views: a stage-3 find is kept only when at least this many views boxed it (0: every find is kept)
     discover_seen: int = 0
 
@@ -78,15 +82,24 @@ class GenerationOptions:
             raise ValueError(f"ordered_boxes={self.ordered_boxes!r}: only {GIVEN_BOX_STAGES} are given boxes")
         if not 0.0 <= self.refind_iou <= 1.0:
             raise ValueError(f"refind_iou={self.refind_iou}: an IoU in [0, 1] (0 keeps every stage-3 item)")
-        if not 1 <= self.localize_votes <= self.localize_views <= len(VIEW_SHIFTS):
-            raise ValueError(f"localize_views={self.localize_views}, localize_votes={self.localize_votes}: need "
-                             f"1 <= votes <= views <= {len(VIEW_SHIFTS)}")
-        if not 0 <= self.discover_seen <= self.localize_views or (self.discover_seen and self.localize_views == 1):
-            raise ValueError(f"discover_seen={self.discover_seen}: 0 (off) or 1..localize_views "
-                             f"({self.localize_views}), with localize_views > 1")
+        if not 1 <= self.localize_views <= len(VIEW_SHIFTS):
+            raise ValueError(f"localize_views={self.localize_views}: between 1 and {len(VIEW_SHIFTS)}")
+        if not 1 <= self.localize_votes <= self.total_views:
+            raise ValueError(f"localize_votes={self.localize_votes}: between 1 and the {self.total_views} views")
+        if not 0.0 <= self.localize_suppress <= 1.0 or (self.localize_suppress and self.total_views == 1):
+            raise ValueError(f"localize_suppress={self.localize_suppress}: an IoU in [0, 1] (0: off), with more "
+                             "than one view")
+        if not 0 <= self.discover_seen <= self.total_views or (self.discover_seen and self.total_views == 1):
+            raise ValueError(f"discover_seen={self.discover_seen}: 0 (off) or 1..{self.total_views} (the views), "
+                             "with more than one view")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")
+
+    @property
+    def total_views(self) -> int:
+        """The stage-1 views that vote: the shifted copies, twice with their mirror images."""
+        return self.localize_views * (2 if self.localize_mirror else 1)
 
     def for_stage(self, stage: str) -> dict:
         kwargs: dict = {"max_new_tokens": self.max_new_tokens.get(stage, DEFAULT_MAX_NEW_TOKENS[stage])}

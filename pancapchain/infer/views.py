@@ -1,22 +1,24 @@
-"""Stage 1 seen from shifted views: the box list voted over copies of the image moved by half a vision patch.
+"""Stage 1 seen from several views: the box list voted over copies of the image moved by half a vision patch.
 
 A location-token model writes a box "about here" at the resolution of the tower's patch grid: most of stage 1's
 errors are a box on the wrong grid phase, or a box on nothing. Moving the image by half a patch puts every
-entity on another phase of the same grid, so the views' errors are partly independent. ``fuse_box_lists``
-keeps an entity that enough views find and places it at the coordinate-wise median of their boxes (measured
-in docs/learning_quality.md, "Stage 1 voted over shifted views").
+entity on another phase of the same grid, and mirroring it swaps every entity's left and right edges on it, so
+the views' errors are partly independent. ``fuse_box_lists`` keeps an entity that enough views find and places
+it at the coordinate-wise median of their boxes; it can also drop an entity that overlaps one more views found
+(the second box the model writes on one entity). Measured in docs/learning_quality.md, "Stage 1
+voted over shifted views" and the sections after it.
 
-Only stage 1 is voted: its answer is a set of boxes, so views can be matched box to box. The later stages read
-the voted list as their given list, as they read a user's edit. (A direct caption's boxes sit inside text that
-differs from view to view, so there is nothing to vote on.)
+Only the list stages are voted: their answers are boxes that can be matched view to view. (A direct caption's
+boxes sit inside text that differs from view to view, so there is nothing to vote on.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.optimize import linear_sum_assignment
 
 from pancapchain.data.boxes import box_iou, box_iou_matrix_f32
@@ -63,16 +65,57 @@ def unshift_box(box: Box, dx: int, dy: int, width: int, height: int) -> Box:
     return (x1, y1, x2, y2)
 
 
-def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float = MATCH_IOU) -> list[Box]:
+def mirror_image(image: Image.Image) -> Image.Image:
+    """``image`` mirrored left to right (a mirrored view: its errors are less tied to the centre view's than a
+    shift's, as every entity's left and right edges swap places on the patch grid)."""
+    return ImageOps.mirror(image.convert("RGB"))
+
+
+def unmirror_box(box: Box) -> Box:
+    """A normalized box read on the mirrored image, on the original."""
+    return (1.0 - box[2], box[1], 1.0 - box[0], box[3])
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of an image: mirrored left to right (or not), then moved by (dx, dy) pixels."""
+
+    dx: int
+    dy: int
+    mirrored: bool = False
+
+    def image(self, image: Image.Image) -> Image.Image:
+        return shift_image(mirror_image(image) if self.mirrored else image, self.dx, self.dy)
+
+    def box_on_original(self, box: Box, width: int, height: int) -> Box:
+        """A normalized box read on this view, moved back onto the original image (clipped to it)."""
+        moved = unshift_box(box, self.dx, self.dy, width, height)
+        return unmirror_box(moved) if self.mirrored else moved
+
+
+def image_views(views: int, mirror: bool, width: int, height: int, patch_fraction: float) -> list[View]:
+    """The first ``views`` half-patch shifts of a ``width`` x ``height`` image, then (``mirror``) the same shifts
+    of its mirror image; the first view is the image itself."""
+    shifts = view_pixel_shifts(views, width, height, patch_fraction)
+    return [View(dx, dy) for dx, dy in shifts] + ([View(dx, dy, True) for dx, dy in shifts] if mirror else [])
+
+
+def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float = MATCH_IOU,
+                   ordered: Sequence[bool] | None = None, suppress_iou: float = 0.0) -> list[Box]:
     """Vote over the views' box lists (each in its view's answer order) of one image.
 
     Each view's boxes are matched one to one (Hungarian, IoU >= ``match_iou``) to the entities found so far,
     each entity represented by the median of its boxes; an unmatched box starts a new entity. Entities found by
     at least ``votes`` views are kept, at the coordinate-wise median of their boxes, ordered by their mean
     relative position in the views' answers (so the voted list keeps the order the model was taught).
+    ``ordered[v]`` False: view v's answer order is not the image's (a mirrored view); its positions count only
+    for an entity no ordered view found. ``suppress_iou`` > 0: a kept entity whose box overlaps, at IoU >= it,
+    the box of a kept entity more views found is dropped (most of these are a second box the model writes on
+    one entity in every view; entities found by equally many views are all kept).
     """
-    entities: list[list[tuple[Box, float]]] = []  # per entity: (box, relative rank in its view's list)
-    for boxes in lists:
+    entities: list[list[tuple[Box, float, bool]]] = []  # per entity: (box, rank in its view's list, ordered view)
+    for view, boxes in enumerate(lists):
+        in_order = True if ordered is None else bool(ordered[view])
         ranks = [i / max(len(boxes), 1) for i in range(len(boxes))]
         matched: dict[int, int] = {}
         if entities and boxes:
@@ -82,16 +125,34 @@ def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float 
             matched = {int(c): int(r) for r, c in zip(rows, cols) if iou[r, c] >= match_iou}
         for i, box in enumerate(boxes):
             if i in matched:
-                entities[matched[i]].append((tuple(box), ranks[i]))
+                entities[matched[i]].append((tuple(box), ranks[i], in_order))
             else:
-                entities.append([(tuple(box), ranks[i])])
+                entities.append([(tuple(box), ranks[i], in_order)])
     kept = [members for members in entities if len(members) >= votes]
-    kept.sort(key=lambda members: float(np.mean([rank for _, rank in members])))
+    if suppress_iou > 0:
+        kept = _suppress_overlaps(kept, suppress_iou)
+    kept.sort(key=_mean_rank)
     return [_median(members) for members in kept]
 
 
-def _median(members: Sequence[tuple[Box, float]]) -> Box:
-    values = np.median(np.array([box for box, _ in members], dtype=np.float64), axis=0)
+def _suppress_overlaps(entities: list[list[tuple]], min_iou: float) -> list[list[tuple]]:
+    """``entities`` without those overlapping (IoU >= ``min_iou``) one with more votes; greedy, most votes first,
+    so a dropped entity suppresses nothing."""
+    kept: list[list[tuple]] = []
+    for members in sorted(entities, key=len, reverse=True):
+        box = _median(members)
+        if not any(len(members) < len(other) and box_iou(box, _median(other)) >= min_iou for other in kept):
+            kept.append(members)
+    return kept
+
+
+def _mean_rank(members: Sequence[tuple[Box, float, bool]]) -> float:
+    ranks = [rank for _, rank, in_order in members if in_order] or [rank for _, rank, _ in members]
+    return float(np.mean(ranks))
+
+
+def _median(members: Sequence[tuple]) -> Box:
+    values = np.median(np.array([member[0] for member in members], dtype=np.float64), axis=0)
     return tuple(float(v) for v in values)
 
 

@@ -1,0 +1,52 @@
+"""Stage 1 decoded on several views of each image and voted box by box (the views: pancapchain.infer.views).
+
+(Stage 2 decoded on the same views, each box keeping its most written tag, was measured and not kept: the
+caption stage writes its own tags, and the final tags did not change; docs/learning_quality.md.)
+Kept apart from chain.py, which calls it, to keep that module short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pancapchain.data.stage_parse import StageItem, format_items, parse_stage_output
+from pancapchain.infer.generation import GenerationOptions
+from pancapchain.infer.views import View, fuse_box_lists, image_views
+
+
+def state_views(chain, states: Sequence, options: GenerationOptions) -> list[list[View]]:
+    """Per state, its views (the first is the image itself)."""
+    return [image_views(options.localize_views, options.localize_mirror, s.width, s.height, chain.patch_fraction)
+            for s in states]
+
+
+def view_states(states: Sequence, views: list[list[View]], index: int) -> list:
+    """The states' images seen through their ``index``-th view, as new states."""
+    from pancapchain.infer.chain import ChainState
+
+    return [ChainState(state.id, v[index].image(state.image)) for state, v in zip(states, views)]
+
+
+def run_localize_views(chain, states: Sequence, features, options: GenerationOptions) -> None:
+    """Stage 1 decoded on every view of each image and voted into one box list; the stored raw text is the voted
+    list, cut if any view was cut. Each state keeps its views' boxes (on the original) for ``discover_seen``."""
+    prompts = [chain.stage_prompt("localize", s) for s in states]
+    views = state_views(chain, states, options)
+    boxes: list[list[list]] = [[] for _ in states]  # per state, per view: boxes on the original image
+    cut = [False] * len(states)
+    for index in range(options.total_views):
+        moved = view_states(states, views, index)
+        view_features = features if index == 0 else chain.encode(moved)
+        for i, decoded in enumerate(chain.decode_stage("localize", moved, prompts, view_features, options)):
+            state, view = states[i], views[i][index]
+            parsed = parse_stage_output("localize", decoded.text, chain.codec, state.width, state.height)
+            boxes[i].append([view.box_on_original(box, state.width, state.height)
+                             for item in parsed.items for box in item.boxes])
+            cut[i] = cut[i] or decoded.truncated
+    in_order = [not view.mirrored for view in views[0]] if views else []
+    for i, state in enumerate(states):
+        state.view_boxes = boxes[i]
+        voted = fuse_box_lists(boxes[i], options.localize_votes, ordered=in_order,
+                               suppress_iou=options.localize_suppress)
+        raw = format_items([StageItem(None, (box,)) for box in voted], chain.codec, state.width, state.height)
+        chain.set_output(state, "localize", raw if voted else "", prompts[i], cut[i])

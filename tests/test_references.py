@@ -10,7 +10,7 @@ from pancapchain.model.tiny import build_tokenizer
 
 TAGS = ["red circle", "red ring", "white ring", "sky"]
 TOKENIZER = build_tokenizer(
-    ["The sky is above a small striped red circle and a white ring in the top left corner. The red ring."] * 4,
+    ["The sky is above a small striped red circle and a white ring in the top left corner. The red ring. None"] * 4,
     vocab_size=320, loc_tokens=True)
 BOX = f"{BOX_OPEN}{LOC_TOKENS[1]}{LOC_TOKENS[2]}{LOC_TOKENS[9]}{LOC_TOKENS[9]}{BOX_CLOSE}"
 PROMPT = [TOKENIZER.pad_token_id, 7, 8]
@@ -63,6 +63,16 @@ def test_a_tag_named_twice_is_ambiguous_and_its_own_sentence_is_not_earlier():
     assert word(" red") not in allowed_after(twice) and word(" white") not in allowed_after(twice)
     later = f"A {BOX} red circle is here. A {BOX} small red circle is here. A {BOX} white ring is here. The"
     assert allowed_after(later) >= {word(" white")} and word(" red") not in allowed_after(later)
+
+
+def test_none_never_follows_a_determiner():
+    """Stage 3's "None" answer is no referent: "overlapping the None" was written where nothing was referable."""
+    none = word(" None")
+    proc = NamedReferences.build(len(PROMPT), TOKENIZER, TAGS)
+    for answer, forbidden in ((f"A {BOX} red circle is here. It is next to the", True), ("Next to the", True),
+                              (f"A {BOX} red circle is here. It is next to the red", False), ("It is", False)):
+        scores = proc(torch.tensor([PROMPT + ids(answer)]), torch.zeros(1, len(TOKENIZER)))
+        assert (scores[0, none] == float("-inf")) == forbidden, answer
 
 
 def test_words_away_from_a_determiner_are_free():

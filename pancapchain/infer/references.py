@@ -11,6 +11,8 @@ that would start one of the known tags (the training data's tags, stored in the 
 ``reference_tags``) is allowed only if it starts the tag of an entity the answer has already named; the next
 token likewise, until the tag is complete. Nothing else is constrained: the model still decides whether to write
 a reference at all, which named entity it means, and every other word (``the <box>``, ``the top left corner``).
+One word is never allowed after a determiner: "None", stage 3's "nothing missing" answer, which the model
+otherwise wrote where no named entity was left to refer to ("is overlapping the None").
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor
 
-from pancapchain.constants import BOX_CLOSE
+from pancapchain.constants import BOX_CLOSE, DISCOVER_NONE
 from pancapchain.data.io import load_samples
 from pancapchain.data.schema import PanopticSample
 
@@ -48,13 +50,14 @@ class NamedReferences(LogitsProcessor):
 
     ``prompt_len``: the (left-padded) prompt length, answers start there; ``tags``: every known tag as its token
     ids (leading space, as the tag follows a word); ``determiners``: token ids of "the"; ``close_id``: ``</box>``;
-    ``stops``: the full stop's token ids (sentence ends).
-    Scores are (batch, vocab); forbidden ids get -inf.
+    ``stops``: the full stop's token ids (sentence ends); ``never``: token ids never allowed right after a
+    determiner. Scores are (batch, vocab); forbidden ids get -inf.
     """
 
     def __init__(self, prompt_len: int, tags: Iterable[TagIds], determiners: Iterable[int], close_id: int,
-                 stops: Iterable[int] = ()):
+                 stops: Iterable[int] = (), never: Iterable[int] = ()):
         self.prompt_len = prompt_len
+        self.never = set(never)
         self.stops = set(stops)
         self.tags = {t for t in tags if t}
         self.determiners = set(determiners)
@@ -73,7 +76,9 @@ class NamedReferences(LogitsProcessor):
         if not ids or not determiners or close_id is None or close_id == tokenizer.unk_token_id:
             return None
         stops = tokenizer(".", add_special_tokens=False)["input_ids"]
-        return cls(prompt_len, ids, determiners, close_id, stops[:1] if len(stops) == 1 else ())
+        none = tokenizer(" " + DISCOVER_NONE, add_special_tokens=False)["input_ids"]
+        return cls(prompt_len, ids, determiners, close_id, stops[:1] if len(stops) == 1 else (),
+                   none[:1] if len(none) == 1 else ())
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self._named:
@@ -128,10 +133,11 @@ class NamedReferences(LogitsProcessor):
         for back in range(min(self.longest, len(answer))):
             if answer[-1 - back] in self.determiners:
                 written = tuple(answer[len(answer) - back :])
+                never = self.never if not written else set()
                 known = _next_tokens(self.tags, written)
                 if not known:
-                    return set()
-                return known - _next_tokens(self.referable(named, self._sentence(answer)), written)
+                    return never
+                return (known - _next_tokens(self.referable(named, self._sentence(answer)), written)) | never
         return set()
 
 

@@ -132,7 +132,9 @@ def generation_options(args: argparse.Namespace):
 
 def total_views(args: argparse.Namespace) -> int:
     """The stage-1 views that vote: ``--localize-views``, twice with ``--localize-mirror``."""
-    return getattr(args, "localize_views", 1) * (2 if getattr(args, "localize_mirror", False) else 1)
+    from pancapchain.infer.views import total_views as views_voting
+
+    return views_voting(getattr(args, "localize_views", 1), getattr(args, "localize_mirror", False))
 
 
 def localize_votes(args: argparse.Namespace) -> int:

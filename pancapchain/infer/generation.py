@@ -21,7 +21,7 @@ from pancapchain.infer.given_boxes import GivenBoxes
 from pancapchain.infer.late_boxes import break_ids, closing_paragraph_start
 from pancapchain.infer.references import NamedReferences
 from pancapchain.infer.repeats import NoRepeatText, RepeatStop
-from pancapchain.infer.views import VIEW_SHIFTS
+from pancapchain.infer.views import VIEW_SHIFTS, total_views
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
 
@@ -99,7 +99,7 @@ class GenerationOptions:
     @property
     def total_views(self) -> int:
         """The stage-1 views that vote: the shifted copies, twice with their mirror images."""
-        return self.localize_views * (2 if self.localize_mirror else 1)
+        return total_views(self.localize_views, self.localize_mirror)
 
     def for_stage(self, stage: str) -> dict:
         kwargs: dict = {"max_new_tokens": self.max_new_tokens.get(stage, DEFAULT_MAX_NEW_TOKENS[stage])}

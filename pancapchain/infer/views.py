@@ -37,6 +37,11 @@ SEEN_IOU = 0.5
 MATCH_IOU = 0.3
 
 
+def total_views(views: int, mirror: bool) -> int:
+    """How many stage-1 views vote: ``views`` shifted copies, twice with their mirror images."""
+    return views * (2 if mirror else 1)
+
+
 def view_pixel_shifts(views: int, width: int, height: int, patch_fraction: float) -> list[tuple[int, int]]:
     """The first ``views`` shifts in pixels of a ``width`` x ``height`` image, for a tower whose patch is
     ``patch_fraction`` of the image side (patch_size / image_size)."""
@@ -128,21 +133,20 @@ def fuse_box_lists(lists: Sequence[Sequence[Box]], votes: int, match_iou: float 
                 entities[matched[i]].append((tuple(box), ranks[i], in_order))
             else:
                 entities.append([(tuple(box), ranks[i], in_order)])
-    kept = [members for members in entities if len(members) >= votes]
+    kept = [(_median(members), members) for members in entities if len(members) >= votes]
     if suppress_iou > 0:
         kept = _suppress_overlaps(kept, suppress_iou)
-    kept.sort(key=_mean_rank)
-    return [_median(members) for members in kept]
+    kept.sort(key=lambda entity: _mean_rank(entity[1]))
+    return [box for box, _ in kept]
 
 
-def _suppress_overlaps(entities: list[list[tuple]], min_iou: float) -> list[list[tuple]]:
-    """``entities`` without those overlapping (IoU >= ``min_iou``) one with more votes; greedy, most votes first,
-    so a dropped entity suppresses nothing."""
-    kept: list[list[tuple]] = []
-    for members in sorted(entities, key=len, reverse=True):
-        box = _median(members)
-        if not any(len(members) < len(other) and box_iou(box, _median(other)) >= min_iou for other in kept):
-            kept.append(members)
+def _suppress_overlaps(entities: list[tuple[Box, list]], min_iou: float) -> list[tuple[Box, list]]:
+    """``entities`` ((median box, members) each) without those overlapping (IoU >= ``min_iou``) one with more
+    votes; greedy, most votes first, so a dropped entity suppresses nothing."""
+    kept: list[tuple[Box, list]] = []
+    for box, members in sorted(entities, key=lambda entity: len(entity[1]), reverse=True):
+        if not any(len(members) < len(other) and box_iou(box, other_box) >= min_iou for other_box, other in kept):
+            kept.append((box, members))
     return kept
 
 

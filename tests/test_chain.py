@@ -16,10 +16,10 @@ from conftest import write_dataset
 from PIL import Image
 
 from pancapchain.constants import STAGES
-from pancapchain.data.prediction import Prediction
-from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.data.boxes import BoxCodec
+from pancapchain.data.prediction import Prediction
 from pancapchain.data.prompts import load_prompts
+from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import Decoded, GenerationOptions
 
 # plain greedy decoding (no caption loop steering), the decoding of the paper's re-encoding reference

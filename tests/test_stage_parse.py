@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 
 from pancapchain.constants import STAGES
 from pancapchain.data.boxes import BoxCodec, find_box_groups
-from pancapchain.data.stage_parse import StageItem, drop_refinds, format_items, merge_discovered, parse_stage_output
+from pancapchain.data.stage_parse import (
+    StageItem,
+    drop_refinds,
+    format_items,
+    merge_discovered,
+    parse_stage_output,
+)
 
 ASMV2, NORMALIZED = BoxCodec("asmv2"), BoxCodec("normalized")
 W, H = 1000, 1000  # square: grid value v <-> normalized v / 1000 exactly

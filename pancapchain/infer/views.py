@@ -8,8 +8,9 @@ it at the coordinate-wise median of their boxes; it can also drop an entity that
 (the second box the model writes on one entity). Measured in docs/learning_quality.md, "Stage 1
 voted over shifted views" and the sections after it.
 
-Only the list stages are voted: their answers are boxes that can be matched view to view. (A direct caption's
-boxes sit inside text that differs from view to view, so there is nothing to vote on.)
+Only stage 1 is voted: its answer is boxes that can be matched view to view. (Stage 2 voted the same way was
+measured and not kept, see pancapchain.infer.view_stages; a direct caption's boxes sit inside text that differs
+from view to view, so there is nothing to vote on.)
 """
 
 from __future__ import annotations

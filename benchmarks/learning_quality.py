@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/learning_quality.py [--protocol eval/synthetic_ablation.yaml] [--out runs/lq]
                                                    [--variants chain,direct] [--budget-seconds 540] [--force]
+                                                   [--seeds 42,43,44]
 
 Protocol (eval/synthetic_ablation.yaml): synthetic scenes with fixed seeds (train; held-out val from another
 seed; a second held-out set from a third seed at another image size), then per variant: train the recipe with
@@ -11,6 +12,10 @@ the variant's overrides within the same wall-clock budget -> run the variant's p
 starts from; "train s" then counts the base's wall time (data preparation included) plus the variant's training. Results are written
 per variant (atomically) to OUT/results.json, so an interrupted run resumes where it stopped; OUT/table.md
 holds the printed table. Run it alone on the machine: timings and the budget's worth depend on it.
+
+One training is one draw: with ``--seeds`` every variant is trained once per seed (``train.seed``; the recipe's own
+seed keeps the variant's plain name, another seed is ``variant@seed``), and a second table gives each variant's mean
+± sd over its seeds and the first variant's paired tag + loc lead over each other one, seed by seed.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pancapchain.ablation import Protocol, Variant, load_protocol  # noqa: E402
+from pancapchain.ablation import (  # noqa: E402
+    Protocol,
+    Variant,
+    load_protocol,
+    paired_gaps,
+    parse_seeds,
+    run_key,
+    seed_summary,
+    split_key,
+)
 from pancapchain.data.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 COLUMNS = ("variant", "eval set", "train s", "PancapScore", "tag F1", "loc F1", "attr F1", "rel F1", "global F1",
@@ -91,20 +105,26 @@ def pretrain(proto: Protocol, data: dict[str, Path], out: Path) -> tuple[list[st
     return [f"model.base={base}"], float(seconds)
 
 
-def train(proto: Protocol, variant: Variant, data: dict[str, Path], out: Path, base: list[str]) -> dict:
-    run_dir = out / "runs" / variant.name
+def run_dir_of(out: Path, key: str) -> Path:
+    """The checkpoint folder of the training ``key`` (:func:`pancapchain.ablation.run_key`)."""
+    return out / "runs" / key.replace("@", "-s")
+
+
+def train(proto: Protocol, variant: Variant, key: str, seed: int, data: dict[str, Path], out: Path,
+          base: list[str]) -> dict:
+    run_dir = run_dir_of(out, key)
     args = variant.override_args() + [f"train.max_seconds={proto.train_seconds}", f"data.train={data['train']}",
                                       f"data.val={data['loss']}", f"train.output_dir={run_dir}", "train.resume=never",
-                                      *base]
-    run([sys.executable, "train.py", "--recipe", str(proto.recipe), *args], out / f"train_{variant.name}.log")
+                                      f"train.seed={seed}", *base]
+    run([sys.executable, "train.py", "--recipe", str(proto.recipe), *args], out / f"train_{key}.log")
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def score(variant: Variant, eval_set: str, data: dict[str, Path], out: Path, batch_size: int,
+def score(variant: Variant, key: str, eval_set: str, data: dict[str, Path], out: Path, batch_size: int,
           rescore_only: bool = False, infer_args: tuple[str, ...] = ()) -> dict:
-    """Infer the held-out set with the variant's plan and score it (``rescore_only``: score existing preds;
-    ``infer_args``: more ``pancapchain infer`` flags, e.g. ``--localize-views 9``)."""
-    run_dir, tag = out / "runs" / variant.name, f"{variant.name}_{eval_set}"
+    """Infer the held-out set with the checkpoint of training ``key`` and the variant's plan, and score it
+    (``rescore_only``: score existing preds; ``infer_args``: more ``pancapchain infer`` flags)."""
+    run_dir, tag = run_dir_of(out, key), f"{key}_{eval_set}"
     preds = out / "preds" / f"{tag}.jsonl"
     if not rescore_only:
         preds.parent.mkdir(parents=True, exist_ok=True)
@@ -144,9 +164,25 @@ def row(name: str, eval_set: str, train_s: float, result: dict) -> list[str]:
             f"{result['cut']['percent']:.1f} ({result['cut']['cut']}/{result['cut']['total']})", miou]
 
 
-def table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def seeds_tables(results: dict, keys: list[str], recipe_seed: int, reference: str) -> str:
+    """Mean ± sd over seeds and the paired leads of ``reference``; empty when no variant has two seeds."""
+    points = {}
+    for key in keys:
+        name, seed = split_key(key, recipe_seed)
+        for eval_set, res in results[key]["sets"].items():
+            s = res["metrics"]["scores"]
+            points[(name, seed, eval_set)] = (res["metrics"]["pancapscore"], s["tag"]["f1"] + s["loc"]["f1"])
+    summary = seed_summary(points)
+    if all("," not in r[2] for r in summary):
+        return ""
+    gaps = paired_gaps(points, reference)
+    return (table(summary, ("variant", "eval set", "seeds", "PancapScore", "tag F1 + loc F1")) + "\n\n"
+            + table(gaps, ("lead, tag F1 + loc F1", "eval set", "per seed", "mean ± sd")))
 
 
 def main() -> int:
@@ -156,6 +192,9 @@ def main() -> int:
     parser.add_argument("--variants", default="", help="comma-separated subset (default: all of the protocol)")
     parser.add_argument("--budget-seconds", type=float, default=0, help="override the protocol's training budget")
     parser.add_argument("--force", action="store_true", help="redo variants that already have results")
+    parser.add_argument("--seeds", default="",
+                        help="comma-separated training seeds, each variant trained once per seed (default: the "
+                             "recipe's train.seed only)")
     parser.add_argument("--rescore", action="store_true",
                         help="score the existing predictions again with the current evaluation code (no training)")
     parser.add_argument("--reinfer", action="store_true",
@@ -179,6 +218,12 @@ def main() -> int:
     unknown = sorted(set(names) - set(proto.variants))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; the protocol has {list(proto.variants)}")
+    try:
+        seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    recipe_seed = proto.recipe_for(proto.variants[names[0]]).train.seed
+    seeds = seeds or [recipe_seed]
     infer_args = proto.infer_args + tuple(shlex.split(args.infer_args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,30 +231,38 @@ def main() -> int:
     results = json.loads(results_file.read_text()) if results_file.exists() and not args.force else {}
     data = make_data(proto, out)
     base, pretrain_s = pretrain(proto, data, out) if not (args.rescore or args.reinfer) else ([], 0.0)
-    for name in names if args.rescore or args.reinfer else []:
-        for eval_set in results.get(name, {}).get("sets", {}):
-            print(f"== {name}: {'infer + eval' if args.reinfer else 'rescore'} {eval_set}", flush=True)
-            results[name]["sets"][eval_set] = score(proto.variants[name], eval_set, data, out, proto.infer_batch_size,
-                                                    rescore_only=not args.reinfer, infer_args=infer_args)
+    keys = [run_key(name, seed, recipe_seed) for name in names for seed in seeds]
+    for key in keys if args.rescore or args.reinfer else []:
+        for eval_set in results.get(key, {}).get("sets", {}):
+            print(f"== {key}: {'infer + eval' if args.reinfer else 'rescore'} {eval_set}", flush=True)
+            variant = proto.variants[split_key(key, recipe_seed)[0]]
+            results[key]["sets"][eval_set] = score(variant, key, eval_set, data, out, proto.infer_batch_size,
+                                                   rescore_only=not args.reinfer, infer_args=infer_args)
         atomic_write_json(results_file, results)
-    for name in names if not (args.rescore or args.reinfer) else []:
-        if name in results and results[name].get("budget_seconds") == proto.budget_seconds:
-            print(f"== {name}: done before (results.json), skipped; --force redoes it", flush=True)
+    for key in keys if not (args.rescore or args.reinfer) else []:
+        if key in results and results[key].get("budget_seconds") == proto.budget_seconds:
+            print(f"== {key}: done before (results.json), skipped; --force redoes it", flush=True)
             continue
+        name, seed = split_key(key, recipe_seed)
         variant = proto.variants[name]
-        print(f"== {name}: train ({proto.budget_seconds:.0f} s budget), plan {variant.plan}", flush=True)
+        print(f"== {key}: train ({proto.budget_seconds:.0f} s budget, seed {seed}), plan {variant.plan}", flush=True)
         started = time.time()
-        metrics = train(proto, variant, data, out, base)
-        entry = {"budget_seconds": proto.budget_seconds, "pretrain_seconds": pretrain_s, "train": metrics, "sets": {}}
+        metrics = train(proto, variant, key, seed, data, out, base)
+        entry = {"budget_seconds": proto.budget_seconds, "pretrain_seconds": pretrain_s, "seed": seed,
+                 "train": metrics, "sets": {}}
         for eval_set in variant.eval_sets:
-            print(f"== {name}: infer + eval on {eval_set}", flush=True)
-            entry["sets"][eval_set] = score(variant, eval_set, data, out, proto.infer_batch_size, infer_args=infer_args)
+            print(f"== {key}: infer + eval on {eval_set}", flush=True)
+            entry["sets"][eval_set] = score(variant, key, eval_set, data, out, proto.infer_batch_size,
+                                            infer_args=infer_args)
         entry["wall_seconds"] = round(time.time() - started, 1)
-        results[name] = entry
+        results[key] = entry
         atomic_write_json(results_file, results)
-    rows = [row(name, s, results[name]["train"]["train_wall_seconds"] + results[name].get("pretrain_seconds", 0), res)
-            for name in names if name in results for s, res in results[name]["sets"].items()]
+    done = [key for key in keys if key in results]
+    rows = [row(key, s, results[key]["train"]["train_wall_seconds"] + results[key].get("pretrain_seconds", 0), res)
+            for key in done for s, res in results[key]["sets"].items()]
     text = table(rows)
+    extra = seeds_tables(results, done, recipe_seed, names[0])
+    text = text + ("\n\n" + extra if extra else "")
     atomic_write_text(out / "table.md", text + "\n")
     print(text)
     return 0

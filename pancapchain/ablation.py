@@ -135,3 +135,75 @@ def _variant(name: str, spec: dict, sets: set[str], problems: list[str]) -> Vari
                  for s in eval_sets if s not in sets]
     overrides = {str(k): "null" if v is None else str(v) for k, v in (spec.get("overrides") or {}).items()}
     return Variant(name, plan, overrides, eval_sets)
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+# One training per variant is one draw: the same recipe spreads by several tag + loc points from seed to seed
+# (docs/learning_quality.md, "Three seeds of chain and direct captioning"). `--seeds` trains each variant once per
+# seed; these helpers name those runs and summarise them.
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"42,43,44"`` -> [42, 43, 44]; an empty text -> [] (the recipe's own seed). Raises ValueError naming the
+    bad entry or the repeated seed."""
+    seeds = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if not part.isdigit():
+            raise ValueError(f"--seeds: {part!r} is not a non-negative integer (give e.g. --seeds 42,43,44)")
+        if int(part) in seeds:
+            raise ValueError(f"--seeds: seed {part} is given twice")
+        seeds.append(int(part))
+    return seeds
+
+
+def run_key(variant: str, seed: int, recipe_seed: int) -> str:
+    """The results key (and run folder name) of one training: the variant's name for the recipe's own seed, so
+    results written before seeds existed stay valid, ``variant@seed`` for any other seed."""
+    return variant if seed == recipe_seed else f"{variant}@{seed}"
+
+
+def split_key(key: str, recipe_seed: int) -> tuple[str, int]:
+    """Inverse of :func:`run_key`: (variant, seed)."""
+    name, _, seed = key.partition("@")
+    return name, int(seed) if seed else recipe_seed
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def seed_summary(points: dict[tuple[str, int, str], tuple[float, float]]) -> list[list[str]]:
+    """Rows ``[variant, eval set, seeds, PancapScore mean ± sd, tag + loc mean ± sd]`` from ``points``:
+    (variant, seed, eval set) -> (PancapScore, tag F1 + loc F1)."""
+    groups: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    for (variant, seed, eval_set), (score, tag_loc) in points.items():
+        groups.setdefault((variant, eval_set), []).append((seed, score, tag_loc))
+    rows = []
+    for (variant, eval_set), runs in groups.items():
+        runs.sort()
+        (ps, ps_sd), (tl, tl_sd) = mean_sd([r[1] for r in runs]), mean_sd([r[2] for r in runs])
+        rows.append([variant, eval_set, ",".join(str(r[0]) for r in runs), f"{ps:.2f} ± {ps_sd:.2f}",
+                     f"{tl:.2f} ± {tl_sd:.2f}"])
+    return rows
+
+
+def paired_gaps(points: dict[tuple[str, int, str], tuple[float, float]], reference: str) -> list[list[str]]:
+    """Rows ``[reference - other, eval set, gap per seed, mean ± sd]`` of tag F1 + loc F1: the reference's
+    score minus the other variant's, trained with the same seed and scored on the same set (the issue's
+    comparison is paired: the same data, base and seed on both sides)."""
+    rows = []
+    others = sorted({(v, s) for v, _, s in points if v != reference})
+    for other, eval_set in others:
+        seeds = sorted(seed for v, seed, s in points if v == other and s == eval_set
+                       and (reference, seed, eval_set) in points)
+        if not seeds:
+            continue
+        gaps = [points[(reference, seed, eval_set)][1] - points[(other, seed, eval_set)][1] for seed in seeds]
+        mean, sd = mean_sd(gaps)
+        rows.append([f"{reference} - {other}", eval_set, ", ".join(f"{s}: {g:+.2f}" for s, g in zip(seeds, gaps)),
+                     f"{mean:+.2f} ± {sd:.2f}"])
+    return rows

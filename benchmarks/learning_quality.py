@@ -170,17 +170,16 @@ def table(rows: list[list[str]], columns: tuple[str, ...] = COLUMNS) -> str:
 
 
 def seeds_tables(results: dict, keys: list[str], recipe_seed: int, reference: str) -> str:
-    """Mean ± sd over seeds and the paired leads of ``reference``; empty when no variant has two seeds."""
+    """Mean ± sd over seeds and the paired leads of ``reference``; empty when the results hold one seed only."""
     points = {}
     for key in keys:
         name, seed = split_key(key, recipe_seed)
         for eval_set, res in results[key]["sets"].items():
             s = res["metrics"]["scores"]
             points[(name, seed, eval_set)] = (res["metrics"]["pancapscore"], s["tag"]["f1"] + s["loc"]["f1"])
-    summary = seed_summary(points)
-    if all("," not in r[2] for r in summary):
+    if len({seed for _, seed, _ in points}) < 2:
         return ""
-    gaps = paired_gaps(points, reference)
+    summary, gaps = seed_summary(points), paired_gaps(points, reference)
     return (table(summary, ("variant", "eval set", "seeds", "PancapScore", "tag F1 + loc F1")) + "\n\n"
             + table(gaps, ("lead, tag F1 + loc F1", "eval set", "per seed", "mean ± sd")))
 

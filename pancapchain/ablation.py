@@ -9,6 +9,7 @@ variant fails at start, not after an hour of training the other variants.
 from __future__ import annotations
 
 import shlex
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,11 +170,8 @@ def split_key(key: str, recipe_seed: int) -> tuple[str, int]:
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    """Mean and sample standard deviation (0 for a single value, where ``statistics.stdev`` raises)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def seed_summary(points: dict[tuple[str, int, str], tuple[float, float]]) -> list[list[str]]:

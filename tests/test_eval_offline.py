@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from pancapchain.eval.offline import (
     covers,
     items_from_caption,
     items_from_sample,
+    mask_names,
     score_offline,
 )
 from pancapchain.eval.runner import EvalOptions, evaluate
@@ -119,3 +123,18 @@ def test_shifting_boxes_by_half_their_width_kills_localization_only(tmp_path):
     scores = evaluate(*write_case(tmp_path / "shift", [caption_for(range(4), shifted)] * 2), OPTIONS).metrics["scores"]
     assert scores["loc"]["f1"] == 0.0
     assert scores["tag"]["f1"] == 100.0
+
+
+def test_names_are_masked_longest_phrase_first_whatever_the_hash_seed():
+    tags = ["large dotted yellow hexagon", "medium solid yellow hexagon"]
+    text = "The large dotted yellow hexagon has a medium solid yellow hexagon overlapping it."
+    assert mask_names(text, tags) == "The entity has a entity overlapping it."
+    # a shorter mention: the other tag's longer suffix must not eat part of this one
+    assert mask_names("A medium solid yellow hexagon is by the hexagon.", tags) == "A entity is by the entity."
+    # the order used to follow set iteration, which PYTHONHASHSEED changes: run it under several seeds
+    code = ("from pancapchain.eval.offline import mask_names; "
+            f"print(mask_names('The entity has a medium solid yellow hexagon overlapping it.', {tags!r}))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}, check=True).stdout
+               for seed in range(6)}
+    assert outputs == {"The entity has a entity overlapping it.\n"}

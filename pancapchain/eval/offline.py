@@ -80,15 +80,22 @@ def _box_key(box: Box) -> tuple[float, ...]:
 
 def mask_names(text: str, tags: list[str]) -> str:
     """Replace each entity's name by "entity": the longest suffix of its tag found in the text (whole words,
-    any case), so "the red triangle" is masked for the tag "small dotted red triangle"."""
-    for tag in sorted({t for t in tags if t and t != UNNAMED_TAG}, key=len, reverse=True):
-        words = tag.split()
-        for start in range(len(words)):
-            pattern = rf"(?<![\w-]){re.escape(' '.join(words[start:]))}(?![\w-])"
-            masked = re.sub(pattern, "entity", text, flags=re.IGNORECASE)
-            if masked != text:
-                text = masked
-                break
+    any case), so "the red triangle" is masked for the tag "small dotted red triangle".
+
+    The suffixes of all tags are tried longest first (then alphabetically), each tag masking once. So with the
+    tags "large dotted yellow hexagon" and "medium solid yellow hexagon", "a medium solid yellow hexagon" is
+    masked whole, never as "a medium solid entity" by the other tag's "yellow hexagon"; and the result does not
+    depend on set order (it did, with PYTHONHASHSEED, when the tags were tried longest tag first)."""
+    named = {t for t in tags if t and t != UNNAMED_TAG}
+    suffixes = {(" ".join(t.split()[i:]), t) for t in named for i in range(len(t.split()))}
+    masked_tags: set[str] = set()
+    for phrase, tag in sorted(suffixes, key=lambda pt: (-len(pt[0].split()), -len(pt[0]), pt)):
+        if tag in masked_tags:
+            continue
+        masked = re.sub(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", "entity", text, flags=re.IGNORECASE)
+        if masked != text:
+            text = masked
+            masked_tags.add(tag)
     return text
 
 

@@ -117,7 +117,12 @@ def train(proto: Protocol, variant: Variant, key: str, seed: int, data: dict[str
                                       f"data.val={data['loss']}", f"train.output_dir={run_dir}", "train.resume=never",
                                       f"train.seed={seed}", *base]
     run([sys.executable, "train.py", "--recipe", str(proto.recipe), *args], out / f"train_{key}.log")
-    return json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics.get("stopped_by") not in (None, "wall_budget"):
+        print(f"== {key}: WARNING: ended at its epoch cap after {metrics['train_wall_seconds']:.0f} of "
+              f"{proto.train_seconds:.0f} s, learning rate at {100 * metrics['lr_factor_end']:.0f}% of its peak: the "
+              "variants did not get the same budget (raise train.epochs in the recipe)", flush=True)
+    return metrics
 
 
 def score(variant: Variant, key: str, eval_set: str, data: dict[str, Path], out: Path, batch_size: int,
@@ -155,12 +160,17 @@ def cut_share(preds: Path) -> dict:
     return {"cut": cut, "total": total, "percent": 100.0 * cut / max(total, 1)}
 
 
-def row(name: str, eval_set: str, train_s: float, result: dict) -> list[str]:
+CAPPED = " (cap)"  # marks the train s of a run its epoch cap ended before the budget
+
+
+def row(name: str, eval_set: str, train_s: float, result: dict, stopped_by: str | None = None) -> list[str]:
+    """One table row; ``stopped_by`` (metrics.json) other than "wall_budget" marks the train s with CAPPED."""
     m, scores = result["metrics"], result["metrics"]["scores"]
     mask = m.get("mask_metrics") or {}
     f1 = [scores[d]["f1"] for d in ("tag", "loc", "attr", "rel", "global")]  # already x100
     miou = f"{100 * mask['mIoU']:.2f}" if mask else "n/a"
-    return [name, eval_set, f"{train_s:.0f}", f"{m['pancapscore']:.2f}", *(f"{v:.2f}" for v in f1),
+    capped = CAPPED if stopped_by not in (None, "wall_budget") else ""
+    return [name, eval_set, f"{train_s:.0f}{capped}", f"{m['pancapscore']:.2f}", *(f"{v:.2f}" for v in f1),
             f"{result['cut']['percent']:.1f} ({result['cut']['cut']}/{result['cut']['total']})", miou]
 
 
@@ -257,9 +267,13 @@ def main() -> int:
         results[key] = entry
         atomic_write_json(results_file, results)
     done = [key for key in keys if key in results]
-    rows = [row(key, s, results[key]["train"]["train_wall_seconds"] + results[key].get("pretrain_seconds", 0), res)
+    rows = [row(key, s, results[key]["train"]["train_wall_seconds"] + results[key].get("pretrain_seconds", 0), res,
+                results[key]["train"].get("stopped_by"))
             for key in done for s, res in results[key]["sets"].items()]
     text = table(rows)
+    if any(r[2].endswith(CAPPED) for r in rows):
+        text += (f"\n\n{CAPPED}: ended at its epoch cap before the wall budget, its learning rate not annealed; "
+                 "not the protocol's comparison (raise train.epochs in the recipe)")
     extra = seeds_tables(results, done, recipe_seed, names[0])
     text = text + ("\n\n" + extra if extra else "")
     atomic_write_text(out / "table.md", text + "\n")

@@ -66,3 +66,15 @@ def test_the_benchmark_refuses_a_bad_seed_list_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "'x' is not a non-negative integer" in proc.stderr
     assert not out.exists()
+
+
+def test_a_run_its_epoch_cap_ended_is_marked_in_the_table():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lq_bench", ROOT / "benchmarks" / "learning_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    scores = {d: {"f1": 50.0} for d in ("tag", "loc", "attr", "rel", "global")}
+    result = {"metrics": {"pancapscore": 250.0, "scores": scores}, "cut": {"percent": 0.0, "cut": 0, "total": 4}}
+    assert bench.row("direct", "val", 434.2, result, "epochs_or_steps")[2] == "434 (cap)"
+    assert bench.row("direct", "val", 540.4, result, "wall_budget")[2] == "540"
+    assert bench.row("direct", "val", 540.4, result)[2] == "540"  # results from before the field existed

@@ -61,3 +61,27 @@ def test_bad_settings_are_refused():
         WallClockBudget(0)
     with pytest.raises(ValueError, match="not 'polynomial'"):
         WallClockBudget(10, scheduler="polynomial")
+
+
+def test_end_report_says_whether_the_budget_or_a_cap_ended_the_run():
+    b = budget(seconds=10, warmup=0.0)
+    control = SimpleNamespace(should_training_stop=False, should_save=False)
+    b.on_step_begin(None, None, control)
+    b.clock.now += 5  # an epoch cap ends the run half-way: the cosine is at 0.5
+    assert b.end_report() == {"stopped_by": "epochs_or_steps", "lr_factor_end": 0.5}
+    b.clock.now += 5
+    b.on_step_end(None, None, control)
+    assert b.end_report() == {"stopped_by": "wall_budget", "lr_factor_end": 0.0}
+
+
+def test_a_run_its_epoch_cap_ended_is_reported_with_a_warning(caplog):
+    from pancapchain.config import load_recipe
+    from pancapchain.train.run import _budget_end
+
+    cfg = load_recipe("recipes/tiny_chain.yaml", ["train.epochs=2"])
+    b = budget(seconds=10, warmup=0.0)
+    b.on_step_begin(None, None, None)
+    b.clock.now += 5
+    with caplog.at_level("WARNING"):
+        assert _budget_end(b, cfg) == {"stopped_by": "epochs_or_steps", "lr_factor_end": 0.5}
+    assert "train.epochs=2" in caplog.text and "at 50% of its peak" in caplog.text

@@ -31,6 +31,14 @@ class WallClockBudget(TrainerCallback):
         self.scheduler = scheduler
         self.started: float | None = None
         self.clock = time.monotonic
+        self.spent = False  # True once the budget, not the epoch or step cap, ended training
+
+    def end_report(self) -> dict:
+        """How the run ended, for metrics.json: ``stopped_by`` "wall_budget", or "epochs_or_steps" when the epoch or
+        step cap came first, and ``lr_factor_end``, the schedule's multiplier at the last step (0 when the cosine or
+        linear decay finished; above 0 means the run ended with the learning rate not annealed)."""
+        return {"stopped_by": "wall_budget" if self.spent else "epochs_or_steps",
+                "lr_factor_end": round(self.lr_factor(), 4)}
 
     def elapsed_fraction(self) -> float:
         """Share of the budget used so far, in [0, 1] (0 before the first step)."""
@@ -56,6 +64,7 @@ class WallClockBudget(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.elapsed_fraction() >= 1.0:
+            self.spent = True
             control.should_training_stop = True
             control.should_save = True  # the final checkpoint is the budget's end
         return control

@@ -210,6 +210,17 @@ def _time_budget(cfg: RecipeConfig) -> WallClockBudget | None:
     return WallClockBudget(t.max_seconds, t.warmup_ratio, t.scheduler)
 
 
+def _budget_end(budget: WallClockBudget, cfg: RecipeConfig) -> dict:
+    """The budget's end report; a warning when the epoch or step cap ended the run first (its LR not annealed)."""
+    report = budget.end_report()
+    if report["stopped_by"] != "wall_budget":
+        log.warning("training ended at its epoch/step cap (train.epochs=%g, train.max_steps=%d) before the %.0f s "
+                    "budget, with the learning rate still at %.0f%% of its peak: the time-based schedule did not "
+                    "finish. Raise train.epochs so that train.max_seconds ends the run.", cfg.train.epochs,
+                    cfg.train.max_steps, cfg.train.max_seconds, 100 * report["lr_factor_end"])
+    return report
+
+
 def run_training(cfg: RecipeConfig) -> dict:
     """Train per the recipe; returns the metrics also written to ``output_dir/metrics.json``."""
     run = build_run(cfg)
@@ -241,6 +252,8 @@ def run_training(cfg: RecipeConfig) -> dict:
         metrics["eval_loss_start"] = next(h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h)
     metrics.update({"train_" + k.removeprefix("train_"): v for k, v in result.metrics.items()})
     metrics["train_wall_seconds"] = round(time.time() - started, 1)
+    if trainer.time_budget is not None:
+        metrics.update(_budget_end(trainer.time_budget, cfg))
     if run.val_ds is not None:
         metrics["eval_loss_end"] = trainer.evaluate()["eval_loss"]
         if "eval_loss_start" in metrics:

@@ -121,6 +121,10 @@ class DataSection:
     caption_mentions: str = doc(
         "where caption (and direct) answers put a mention's box: tag_first (phrase <box>..</box>, the paper's) or "
         "box_first (<box>..</box> phrase; generated captions are moved back before parsing and scoring)", "tag_first")
+    chain_rows: str = doc(
+        "how the chain stages become training rows: stages (one row per stage, the paper's) or conversation (one "
+        "row per scene: localize, label and caption as three turns, the image once; stage 3 stays its own row)",
+        "stages")
     box_features: bool = doc(
         "add to each </box> token's input embedding the mean image feature inside its box, in prompts and answers "
         "(GPT4RoI/Osprey-style region features; pancapchain.model.box_features)", False)
@@ -269,12 +273,13 @@ def validate(cfg: RecipeConfig) -> None:
     problems += prompt_problems(d.prompt_version, [t for t in EXTRA_TASKS if d.stages.get(t, 0.0) > 0])
     if any(w < 0 for w in d.stages.values()) or not any(w > 0 for w in d.stages.values()):
         problems.append("data.stages weights must be >= 0 with at least one stage > 0")
-    problems += _rate_problems(d)
     from pancapchain.data.stages import discover_ratio_problem  # the one rule; late: data depends on config
+    from pancapchain.data.task_rows import chain_rows_problem, rate_problems
 
-    ratio_problem = discover_ratio_problem(d.discover_ratio)
-    if ratio_problem:
-        problems.append(f"data.{ratio_problem}")
+    problems += rate_problems(d.stages, d.stage_rates)
+
+    problems += [f"data.{p}" for p in (discover_ratio_problem(d.discover_ratio),
+                                        chain_rows_problem(d.chain_rows, d.stages, d.stage_rates)) if p]
     if cfg.train.loc_label_sigma < 0 or (cfg.train.loc_label_sigma > 0 and d.box_format != "bins"):
         problems.append(f"train.loc_label_sigma={cfg.train.loc_label_sigma} needs to be >= 0, and > 0 only with "
                         "data.box_format=bins (the other formats have no location tokens); set it to 0")
@@ -341,17 +346,6 @@ def prompt_problems(version: str, tasks: list[str]) -> list[str]:
         return []
     files = ", ".join(f"prompts/{version}/{t}.yaml" for t in missing)
     return [f"data.stages trains {missing} but prompt version {version!r} has no {files}: add it or set weight 0"]
-
-
-def _rate_problems(d: DataSection) -> list[str]:
-    bad = {t: r for t, r in d.stage_rates.items() if t not in TASKS or not isinstance(r, (int, float)) or r <= 0}
-    if bad:
-        return [f"data.stage_rates {bad}: keys are tasks {list(TASKS)}, values numbers > 0 (to drop a task, "
-                "set its data.stages weight to 0)"]
-    idle = sorted(t for t in d.stage_rates if d.stages.get(t, 0.0) <= 0)
-    unset = " ".join(f"data.stage_rates.{t}=null" for t in idle)
-    return [f"data.stage_rates sets {idle}, which data.stages does not train (weight 0): unset the rate ({unset}) "
-            "or give the task a weight"] if idle else []
 
 
 def active_stages(cfg: RecipeConfig) -> list[str]:

@@ -7,6 +7,8 @@ Layout of one version directory (``prompts/v1/`` holds the paper's wording)::
     label.yaml     ... template has the placeholder {boxes}     (the stage-1 answer)
     discover.yaml  ... template has the placeholder {entities}  (the stage-2 answer)
     caption.yaml   ... template has the placeholder {entities}  (stage-2 + stage-3 answers merged)
+                   label and caption may add ``followup``: the turn's text, no placeholder, when the earlier
+                   answers are already in the conversation (``data.chain_rows: conversation``)
     segcap.yaml    optional: template has the placeholder {box}  (SGDiff SegCaptioning, a central entity's box)
     region.yaml    optional: template has the placeholder {box}  (SCA region captioning)
     direct.yaml    optional: no placeholder (direct captioning, the paper's baseline: image -> caption)
@@ -41,6 +43,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "direct": (),
 }
 _STAGE_KEYS = ("version", "stage", "template", "output")
+_FOLLOWUP_STAGES = ("label", "caption")  # the stages a conversation asks in a later turn (optional key)
 _META_KEYS = ("version", "description", "system")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -57,6 +60,7 @@ class StagePrompt:
     template: str
     output: str
     fields: tuple[str, ...]
+    followup: str = ""  # the stage's turn when the earlier answers are in the conversation ("" = none)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,14 @@ class PromptSet:
                 f"prompt {self.version}/{stage} takes fields {sorted(wanted)}, got {sorted(given)}"
             )
         return _PLACEHOLDER_RE.sub(lambda m: str(fields[m.group(1)]), prompt.template)
+
+    def followup(self, stage: str) -> str:
+        """The stage's follow-up turn (a conversation's later turn); PromptError when the version has none."""
+        text = self.stages[stage].followup if stage in self.stages else ""
+        if not text:
+            raise PromptError(f"prompt version {self.version!r} has no followup for {stage!r} ({stage}.yaml): "
+                              "data.chain_rows=conversation needs one in label.yaml and caption.yaml")
+        return text
 
     def require(self, tasks: Sequence[str]) -> None:
         """Raise :class:`PromptError` naming every task of ``tasks`` this prompt version has no template for."""
@@ -136,7 +148,7 @@ def missing_task_prompts(version: str, tasks: Sequence[str], root: Path | None =
 
 
 def _load_stage(path: Path, stage: str, version: str) -> StagePrompt:
-    data = _read_mapping(path, _STAGE_KEYS)
+    data = _read_mapping(path, _STAGE_KEYS, ("followup",) if stage in _FOLLOWUP_STAGES else ())
     _check_version(data, version, path)
     if data["stage"] != stage:
         raise PromptError(f"{path}: stage is {data['stage']!r}, expected {stage!r} (the file name)")
@@ -147,10 +159,13 @@ def _load_stage(path: Path, stage: str, version: str) -> StagePrompt:
         raise PromptError(
             f"{path}: template placeholders {sorted(found)} differ from the expected {sorted(expected)}"
         )
-    return StagePrompt(stage, template, _string(data, "output", path), expected)
+    followup = _string(data, "followup", path) if "followup" in data else ""
+    if _placeholders(followup, path):
+        raise PromptError(f"{path}: followup takes no placeholder (the earlier answers are in the conversation)")
+    return StagePrompt(stage, template, _string(data, "output", path), expected, followup)
 
 
-def _read_mapping(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+def _read_mapping(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise PromptError(f"{path}: missing prompt file")
     try:
@@ -159,9 +174,9 @@ def _read_mapping(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
         raise PromptError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
         raise PromptError(f"{path}: expected a mapping with keys {list(keys)}, got {type(data).__name__}")
-    unknown = sorted(str(k) for k in data if k not in keys)
+    unknown = sorted(str(k) for k in data if k not in keys + optional)
     if unknown:
-        raise PromptError(f"{path}: unknown keys {unknown}; allowed keys are {list(keys)}")
+        raise PromptError(f"{path}: unknown keys {unknown}; allowed keys are {list(keys + optional)}")
     missing = [k for k in keys if k not in data]
     if missing:
         raise PromptError(f"{path}: missing keys {missing}")

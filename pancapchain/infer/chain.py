@@ -32,7 +32,7 @@ from pancapchain.data.stage_parse import (
     merge_discovered,
     parse_stage_output,
 )
-from pancapchain.data.stage_prompt import stage_prompt
+from pancapchain.data.stage_prompt import conversation_prompt, stage_prompt
 from pancapchain.infer.generation import GenerationOptions, Generator
 from pancapchain.infer.masks import MaskPredictor
 from pancapchain.infer.references import REFERENCE_TAGS_KEY
@@ -109,12 +109,13 @@ class PancapChain:
 
     def __init__(self, model, processor, prompts: PromptSet, codec: BoxCodec, system: str | None, mask_head=None,
                  item_order: str = "caption", label_answer: str = "tag_first", caption_mentions: str = "tag_first",
-                 reference_tags: Sequence[str] = ()):
+                 reference_tags: Sequence[str] = (), chain_rows: str = "stages"):
         self.generator = Generator(model, processor)
         # how the model was taught to write stage answers (the parser reads either layout; oracles write these)
         self.item_order, self.label_answer = item_order, label_answer
         self.caption_mentions = caption_mentions
         self.reference_tags = tuple(reference_tags)  # the training data's tags (checkpoint meta), for NamedReferences
+        self.chain_rows = chain_rows  # "conversation": label and caption are asked as later turns (data.task_rows)
         self.prompts = prompts
         self.codec = codec
         self.system = system
@@ -139,12 +140,16 @@ class PancapChain:
             meta.get("label_answer", "tag_first"),
             meta.get("caption_mentions", "tag_first"),
             meta.get(REFERENCE_TAGS_KEY, ()),
+            meta.get("chain_rows", "stages"),
         )
 
     # ------------------------------------------------------------------------------------ prompts
     def stage_prompt(self, stage: str, state: ChainState) -> str:
         """The stage's user prompt, filled from the earlier stages' parsed items (the training prompts' filler)."""
         earlier = {slot: out.items for slot, out in state.outputs.items()}
+        if self.chain_rows == "conversation" and stage in ("label", "caption"):
+            return conversation_prompt(self.prompts, stage, earlier, codec=self.codec, width=state.width,
+                                       height=state.height, label_box_first=self.label_answer == "box_first")
         return stage_prompt(self.prompts, stage, earlier, codec=self.codec, width=state.width, height=state.height)
 
     def set_output(self, state: ChainState, stage: str, raw: str, prompt: str = "", truncated: bool = False,

@@ -54,6 +54,7 @@ def checkpoint_meta(cfg: RecipeConfig, prompt_version: str, system: str | None, 
         "item_order": cfg.data.item_order,
         "label_answer": cfg.data.label_answer,
         "caption_mentions": cfg.data.caption_mentions,
+        "chain_rows": cfg.data.chain_rows,
         "stages": {k: float(v) for k, v in cfg.data.stages.items()},
         "lora": cfg.lora.enabled,
     }

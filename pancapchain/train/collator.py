@@ -75,7 +75,9 @@ class PancapCollator:
         rows, images = self._load_images(rows)
         ids = self._token_ids(rows)
         sequences = [prompt + answer for prompt, answer in ids]
-        labels = [[IGNORE_INDEX] * len(prompt) + answer for prompt, answer in ids]
+        # a conversation row also supervises its earlier answers (``prompt_labels``, build_stage_dataset)
+        labels = [(list(row.get("prompt_labels") or ()) or [IGNORE_INDEX] * len(prompt)) + answer
+                  for row, (prompt, answer) in zip(rows, ids)]
         width = max(len(s) for s in sequences)
         pad = self.tokenizer.pad_token_id
         batch = {

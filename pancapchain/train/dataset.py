@@ -18,14 +18,15 @@ from PIL import Image
 from tqdm import tqdm
 from transformers import ProcessorMixin
 
-from pancapchain.constants import STAGES
+from pancapchain.constants import IGNORE_INDEX, STAGES
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.io import SkipReport, load_samples
 from pancapchain.data.prompts import PromptSet
 from pancapchain.data.schema import PanopticSample, SampleError, resolve_image
 from pancapchain.data.stages import StageExample, build_stage_examples
+from pancapchain.data.task_rows import as_conversation
 from pancapchain.mask.targets import answer_mask_targets, dumps_targets
-from pancapchain.model.chat import stage_token_ids
+from pancapchain.model.chat import history_of, prompt_labels, stage_token_ids
 
 LENGTH_CHUNK = 512  # examples tokenized at once when counting lengths
 
@@ -67,6 +68,7 @@ def collect_stage_examples(
     caption_mentions: str = "tag_first",
     rates: Mapping[str, float] | None = None,
     loaded: tuple[list[PanopticSample], SkipReport] | None = None,
+    chain_rows: str = "stages",
 ) -> tuple[list[tuple[StageExample, Path, str]], SkipReport]:
     """Validated samples -> (task example, absolute image path, mask targets JSON) triples + a skip report.
 
@@ -74,7 +76,8 @@ def collect_stage_examples(
     (:func:`copies_of`); a repeated stage 3 hides another subset in each copy. For tasks in ``mask_stages``
     the third element lists the answer's box groups that ground entities with masks
     (``pancapchain.mask.targets``); otherwise it is "". ``loaded``: ``load_samples(jsonl)``'s result when the
-    caller has already read the file (it is not read again).
+    caller has already read the file (it is not read again). ``chain_rows="conversation"`` joins each scene's
+    localize, label and caption examples into one three-turn row (:mod:`pancapchain.data.task_rows`).
     Raises PromptError when ``prompts`` has no template for a requested task.
     """
     prompts.require(stages)
@@ -105,6 +108,8 @@ def collect_stage_examples(
                 raise
             report.skip(sample.id, f"invalid: {err.problem}")
             continue
+        if chain_rows == "conversation":
+            examples = as_conversation(examples, prompts)
         for task, why in no_example:
             report.skip(f"{sample.id}/{task}", f"no {task} example: {why}")
         out.extend((ex, path, _mask_json(ex, sample, codec, mask_stages)) for ex in examples)
@@ -162,6 +167,9 @@ def build_stage_dataset(
     token_ids = example_token_ids([ex for ex, _, _ in pairs], processor, system) if pairs else []
     rows = []
     for (ex, path, masks), (prompt_ids, answer_ids) in zip(pairs, token_ids):
+        # a conversation row's earlier answers are supervised too (empty list: the prompt is not)
+        labels = prompt_labels(processor, ex.prompt, system, ex.height, ex.width, prompt_ids, IGNORE_INDEX) \
+            if history_of(ex.prompt) else []
         length = len(prompt_ids) + len(answer_ids)
         problem = None
         if length > max_length:
@@ -186,6 +194,7 @@ def build_stage_dataset(
                 "masks": masks,
                 "prompt_ids": prompt_ids,
                 "answer_ids": answer_ids,
+                "prompt_labels": labels,
             }
         )
     features = datasets.Features(
@@ -201,6 +210,7 @@ def build_stage_dataset(
             "masks": datasets.Value("string"),
             "prompt_ids": datasets.Sequence(datasets.Value("int32")),
             "answer_ids": datasets.Sequence(datasets.Value("int32")),
+            "prompt_labels": datasets.Sequence(datasets.Value("int32")),
         }
     )
     # from_dict, not from_list: from_list cannot build a dataset with no rows (every example dropped)

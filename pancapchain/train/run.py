@@ -129,6 +129,7 @@ def _data(cfg: RecipeConfig, prompts, codec, path: str, max_samples: int = 0, ra
         caption_mentions=cfg.data.caption_mentions,
         rates=rates,
         loaded=loaded,
+        chain_rows=cfg.data.chain_rows,
     )
 
 

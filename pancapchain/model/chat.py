@@ -68,11 +68,11 @@ def history_answer_spans(processor: ProcessorMixin, prompt: str, system: str | N
         start = len(expand_image_tokens(processor, render_prompt(processor, asked, system), height, width))
         messages = stage_messages(asked, system)
         messages.append({"role": "assistant", "content": [{"type": "text", "text": turns[k][1]}]})
-        answered = processor.apply_chat_template(messages, tokenize=False)
-        end = len(expand_image_tokens(processor, answered, height, width))
-        if not full.startswith(expand_image_tokens(processor, answered, height, width)):
+        answered = expand_image_tokens(processor, processor.apply_chat_template(messages, tokenize=False), height,
+                                       width)
+        if not full.startswith(answered):
             raise ValueError("the chat template does not render a conversation as a prefix of its continuation")
-        spans.append((start, end))
+        spans.append((start, len(answered)))
     return spans
 
 

@@ -90,6 +90,20 @@ def write_dataset(root: Path, n: int = 4, name: str = "samples.jsonl", **kwargs)
     return path
 
 
+def write_synth_scenes(root: Path, n: int, seed: int) -> Path:
+    """``root/train.jsonl`` with ``n`` generated 64-px synthetic scenes of ``seed`` and their images."""
+    from pancapchain.data.synth import generate_scene
+
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        sample, image = generate_scene(i, seed=seed, size=64)
+        image.save(root / sample.image)
+        lines.append(json.dumps(sample.to_dict()))
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "train.jsonl"
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """Path to a 4-sample JSONL with images next to it."""

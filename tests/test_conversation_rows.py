@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_synth_scenes
 
 from pancapchain.config import ConfigError, TinyModelConfig, load_recipe
 from pancapchain.constants import IGNORE_INDEX, STAGES
@@ -35,14 +36,7 @@ def _processor():
 
 
 def _scenes(root: Path, n: int) -> Path:
-    (root / "images").mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        sample, image = generate_scene(i, seed=5, size=64)
-        image.save(root / sample.image)
-        lines.append(json.dumps(sample.to_dict()))
-    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
-    return root / "train.jsonl"
+    return write_synth_scenes(root, n, seed=5)
 
 
 def test_followups_load_and_a_version_without_one_is_named(tmp_path: Path):

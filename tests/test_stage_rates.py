@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import write_synth_scenes
 
 from pancapchain.config import ConfigError, load_recipe
 from pancapchain.constants import STAGES
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import load_prompts
-from pancapchain.data.synth import generate_scene
 from pancapchain.train.dataset import collect_stage_examples, copies_of
 
 
@@ -29,14 +28,7 @@ def test_copies_follow_the_rate_and_repeat_across_calls():
 
 
 def _scenes(root: Path, n: int) -> Path:
-    (root / "images").mkdir(parents=True)
-    lines = []
-    for i in range(n):
-        sample, image = generate_scene(i, seed=4, size=64)
-        image.save(root / sample.image)
-        lines.append(json.dumps(sample.to_dict()))
-    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
-    return root / "train.jsonl"
+    return write_synth_scenes(root, n, seed=4)
 
 
 def test_rates_repeat_and_thin_tasks(tmp_path: Path):

@@ -7,6 +7,8 @@ scenes and times, on the same rows in one run:
   1. the collator with the token ids the dataset stores vs tokenizing (chat template + tokenizer) every step;
   2. forward + backward + AdamW step with the recipe's system text ("") vs LLaVA-1.5's default one;
   3. the same step with logits from the first supervised position on (the trainer's) vs logits everywhere;
+  4. box features read from the location tokens' bins (the hook's) vs from each group's decoded text;
+  5. the mask head run on the rows that have masks (MaskLoss's) vs on every row of the batch;
 and prints each pair as ms per step and as a ratio.
 """
 
@@ -21,6 +23,10 @@ import torch
 
 from pancapchain.config import load_recipe
 from pancapchain.data.synth import write_dataset
+from pancapchain.mask.losses import dice_loss, sigmoid_bce_loss
+from pancapchain.mask.supervision import MaskLoss
+from pancapchain.model.box_features import BoxFeatures
+from pancapchain.model.outputs import image_features_of
 from pancapchain.train import trainer as trainer_module
 from pancapchain.train.run import build_run
 
@@ -55,6 +61,29 @@ def step_ms(run, batches: list[list[dict]]) -> float:
     return (time.perf_counter() - start) / (len(collated) - 5) * 1000
 
 
+def every_row_mask_loss(self: MaskLoss, outputs, batch: dict) -> dict:
+    """The reference for 5: MaskLoss with the head run on every row (rows without masks add nothing)."""
+    states = self.final_states.take()
+    positions, n_rows = batch["mask_positions"], states.shape[0]
+    per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]
+    boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(n_rows)]
+    feats, logits = self.head.forward_features(image_features_of(outputs, n_rows), per_row, boxes)
+    all_logits, target = torch.cat(logits), batch["mask_targets"]
+    return {"mask_bce": self.weights["bce"] * sigmoid_bce_loss(all_logits, target),
+            "mask_dice": self.weights["dice"] * dice_loss(all_logits, target),
+            "mecl": self.weights["mecl"] * self._mecl(states, feats, logits, torch.arange(n_rows), batch)}
+
+
+def patched_step_ms(run, batches, owner, name: str, replacement) -> float:
+    """step_ms with ``owner.name`` replaced for the measurement."""
+    kept = getattr(owner, name)
+    setattr(owner, name, replacement)
+    try:
+        return step_ms(run, batches)
+    finally:
+        setattr(owner, name, kept)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=200)
@@ -83,6 +112,13 @@ def main() -> None:
               f"x{full / none:.2f}")
         print(f"step: no system text {none:.1f} ms ({tokens['none']:.0f} tokens/row), LLaVA-1.5 system text "
               f"{default:.1f} ms ({tokens['default']:.0f} tokens/row): x{default / none:.2f}")
+
+        text = patched_step_ms(bare, batches["none"], BoxFeatures, "_location_bins", lambda self, ids: ids * 0 - 1)
+        print(f"step: box features from location-token bins {none:.1f} ms, from decoded text {text:.1f} ms: "
+              f"x{text / none:.2f}")
+        every_row = patched_step_ms(bare, batches["none"], MaskLoss, "__call__", every_row_mask_loss)
+        print(f"step: mask head on the rows with masks {none:.1f} ms, on every row {every_row:.1f} ms: "
+              f"x{every_row / none:.2f}")
 
 
 if __name__ == "__main__":

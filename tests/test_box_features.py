@@ -8,7 +8,12 @@ import pytest
 import torch
 from conftest import micro_llava
 
-from pancapchain.model.box_features import BoxFeatures, attach_box_features, patch_weights
+from pancapchain.model.box_features import (
+    BoxFeatures,
+    attach_box_features,
+    group_patch_weights,
+    patch_weights,
+)
 from pancapchain.model.tiny import build_tokenizer
 
 # two given boxes: bins 0-16 of 32 (top-left 2 x 2 patches) and x 24-32, y 8-32 (column 3, rows 1-3)
@@ -27,6 +32,43 @@ def test_patch_weights_are_the_share_of_each_patch_inside_the_boxes():
     assert union[0].tolist() == [1, 1, 0, 0] and union[1:].sum() == 0  # overlap counted once
     thin = patch_weights([(0.6, 0.6, 0.6, 0.9)], 4).view(4, 4)
     assert thin.sum() == 1 and thin[3, 2] == 1  # a zero-area box reads the patch under its centre
+
+
+def test_group_patch_weights_equal_patch_weights_group_by_group():
+    torch.manual_seed(0)
+    corners = torch.rand(40, 2, 2).sort(dim=1).values  # (x1 <= x2, y1 <= y2)
+    boxes = torch.stack([corners[:, 0, 0], corners[:, 0, 1], corners[:, 1, 0], corners[:, 1, 1]], 1)
+    boxes[5] = torch.tensor([0.6, 0.6, 0.6, 0.9])  # zero area: the group's first box, its centre patch
+    boxes[6] = torch.tensor([0.9, 0.2, 0.1, 0.4])  # inverted: covers nothing
+    groups = torch.tensor([0] * 5 + [1, 1] + [2] * 3 + list(range(3, 33)))
+    weights = group_patch_weights(boxes, groups, 33, 8)
+    for g in range(33):
+        expected = patch_weights([tuple(b) for b in boxes[groups == g].tolist()], 8)
+        assert torch.allclose(weights[g], expected, atol=1e-6), g
+    assert weights[1].sum() == 1 and weights[1].argmax() == 6 * 8 + 4  # row 6 (y 0.75), column 4 (x 0.6)
+
+
+@pytest.mark.parametrize(("group", "n_boxes"), [
+    ("<box><loc_3><loc_4><loc_20><loc_31></box>", 1),
+    ("<box><loc_0><loc_1><loc_2><loc_3><loc_30><loc_31><loc_32><loc_32></box>", 2),
+    ("<box>[[100, 200, 300, 400]]</box>", 1),  # not location tokens: read from the text
+    ("<box><loc_3><loc_4></box>", 0),  # half a box: no group
+])
+def test_a_group_of_location_tokens_is_read_from_its_bins_as_its_text_reads(group, n_boxes):
+    model, processor = tiny()
+    hooks = BoxFeatures(model, processor.tokenizer)
+    hooks._ids = processor.tokenizer("tag " + group, return_tensors="pt")["input_ids"]
+    close = hooks._ids.shape[1] - 1
+    open_at = int((hooks._ids[0] == processor.tokenizer.convert_tokens_to_ids("<box>")).nonzero()[-1])
+    bins = hooks._location_bins(hooks._ids)
+    assert int((bins >= 0).sum()) == group.count("<loc_")  # every location token has its bin
+    found = hooks._group_boxes(0, close, open_at, bins)
+    expected = hooks._boxes(hooks._ids[0], close)
+    assert len(expected) == n_boxes
+    if n_boxes:
+        assert torch.allclose(found, torch.tensor(expected))
+    else:
+        assert found is None
 
 
 def language_model_inputs(model, input_ids, pixel_values) -> torch.Tensor:
@@ -131,7 +173,7 @@ def test_without_a_square_patch_grid_the_hook_says_why():
                                                             return_tensors="pt")["input_ids"]], 1)
     close = hooks._ids.shape[1] - 1
     with pytest.raises(ValueError, match="square patch grid"):
-        hooks._pool(0, close, torch.zeros(1, close + 1, 32))
+        hooks._pool_groups([(0, close)], torch.zeros(1, close + 1, 32))
 
 
 def test_normalized_boxes_are_refused_with_box_features():

@@ -14,7 +14,9 @@ from pancapchain.data.synth import write_dataset
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
 from pancapchain.mask.attach import mask_head_of
+from pancapchain.mask.losses import dice_loss, sigmoid_bce_loss
 from pancapchain.mask.targets import loads_targets
+from pancapchain.model.outputs import image_features_of
 from pancapchain.model.states import final_norm
 from pancapchain.train.run import build_run, run_training
 
@@ -64,6 +66,32 @@ def test_batch_without_any_mask_still_trains_every_head_parameter(synth, tmp_pat
     assert torch.isfinite(loss)
     assert not final_norm(model)._forward_hooks  # the mask loss's hook lived for the forward only
     assert all(p.grad is not None for p in head.parameters())  # the zero-entity anchor keeps them in the graph
+
+
+def test_mask_loss_of_the_rows_with_masks_equals_the_loss_over_every_row(synth, tmp_path):
+    """The head skips rows without masks; BCE, Dice and MECL equal the head run on the whole batch."""
+    run = build_run(load_recipe(None, tiny_overrides(synth / "train.jsonl", tmp_path / "out", **MASK)))
+    with_masks = [r for r in (run.train_ds[i] for i in range(len(run.train_ds))) if r["masks"]]
+    rows = [dict(with_masks[0], masks=""), with_masks[0], dict(with_masks[1], masks=""), with_masks[1]]
+    batch = run.trainer.data_collator(rows)
+    assert batch["mask_positions"][:, 0].unique().tolist() == [1, 3]
+    model, (aux,) = run.trainer.model, run.trainer.aux_losses
+    model.eval()
+    with aux.capture():
+        outputs = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")})
+    states = aux.final_states.take()
+    aux.final_states.take = lambda: states  # the reference below reads the same states
+    parts = aux(outputs, batch)
+
+    head, positions = mask_head_of(model), batch["mask_positions"]
+    per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(4)]
+    boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(4)]
+    feats, logits = head.forward_features(image_features_of(outputs, 4), per_row, boxes)
+    target = batch["mask_targets"]
+    assert torch.allclose(parts["mask_bce"], aux.weights["bce"] * sigmoid_bce_loss(torch.cat(logits), target))
+    assert torch.allclose(parts["mask_dice"], aux.weights["dice"] * dice_loss(torch.cat(logits), target))
+    mecl_all_rows = aux._mecl(states, feats, logits, torch.arange(4), batch)
+    assert torch.allclose(parts["mecl"], aux.weights["mecl"] * mecl_all_rows) and float(mecl_all_rows) > 0
 
 
 def test_mask_training_checkpoint_and_chain_masks(synth, tmp_path):

@@ -187,7 +187,7 @@ class MaskHead(nn.Module):
             )
         return self.word_proj(word_states.to(self.dtype))
 
-    def _unused_anchor(self) -> Tensor:
+    def graph_anchor(self) -> Tensor:
         """``0.0 * sum of trainable parameters``: zero, but every trainable parameter is in its graph."""
         total = sum(
             (p.sum() for p in self.parameters() if p.requires_grad), torch.zeros((), dtype=self.dtype)
@@ -225,7 +225,7 @@ class MaskHead(nn.Module):
         logits = []
         for b, q in enumerate(queries):
             if q.shape[0] == 0:
-                logits.append(feats.new_zeros((0, side, side)) + self._unused_anchor())
+                logits.append(feats.new_zeros((0, side, side)) + self.graph_anchor())
             elif self.sam is not None:
                 logits.append(self.sam.decode(embeddings[b : b + 1], q))
             else:

@@ -98,10 +98,16 @@ class MaskLoss:
         if "mask_positions" not in batch or states is None:
             return {}
         positions = batch["mask_positions"]
-        n_rows = states.shape[0]
-        image = image_features_of(outputs, n_rows)
-        per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]
-        boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(n_rows)] if "mask_boxes" in batch else None
+        # The head runs only on the rows that ground a mask (stage rows other than the caption's have none):
+        # a row without masks adds nothing to BCE, Dice or MECL, and its pixel decoding was a quarter of a tiny
+        # chain's step. Without any such row the parts are a zero that keeps every head weight in the graph (DDP).
+        rows = positions[:, 0].unique()
+        if len(rows) == 0:
+            zero = self.head.graph_anchor()
+            return {"mask_bce": zero, "mask_dice": zero, **({"mecl": zero} if self._uses_mecl() else {})}
+        image = image_features_of(outputs, states.shape[0])[rows]
+        per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in rows.tolist()]
+        boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in rows.tolist()] if "mask_boxes" in batch else None
         feats, logits = self.head.forward_features(image, per_row, boxes)
         all_logits = torch.cat(logits)
         target = batch["mask_targets"].to(all_logits.dtype)
@@ -109,23 +115,28 @@ class MaskLoss:
             "mask_bce": self.weights["bce"] * sigmoid_bce_loss(all_logits, target),
             "mask_dice": self.weights["dice"] * dice_loss(all_logits, target),
         }
-        if self.weights["mecl"] > 0 and self.head.word_proj is not None:
-            parts["mecl"] = self.weights["mecl"] * self._mecl(states, feats, logits, batch)
+        if self._uses_mecl():
+            parts["mecl"] = self.weights["mecl"] * self._mecl(states, feats, logits, rows, batch)
         return parts
 
-    def _mecl(self, states: Tensor, feats: Tensor, logits: list[Tensor], batch: Mapping[str, Tensor]) -> Tensor:
+    def _uses_mecl(self) -> bool:
+        return self.weights["mecl"] > 0 and self.head.word_proj is not None
+
+    def _mecl(self, states: Tensor, feats: Tensor, logits: list[Tensor], rows: Tensor,
+              batch: Mapping[str, Tensor]) -> Tensor:
+        """MECL over the rows with masks: ``feats`` (R, D, S, S) and ``logits[i]`` belong to batch row ``rows[i]``."""
         words, pairs, positions = batch["word_positions"], batch["mask_word_pairs"], batch["mask_positions"]
         word_embeds = self.head.word_embeddings(states[words[:, 0], words[:, 1]])
         mask_embeds, row_words, positives = [], [], []
         mask_offset = 0
-        for b, row_logits in enumerate(logits):
+        for i, (b, row_logits) in enumerate(zip(rows.tolist(), logits)):
             k = row_logits.shape[0]
             word_idx = (words[:, 0] == b).nonzero().flatten()
             pos = torch.zeros((k, len(word_idx)), dtype=torch.bool, device=states.device)
             in_row = (pairs[:, 0] >= mask_offset) & (pairs[:, 0] < mask_offset + k)
             if len(word_idx):
                 pos[pairs[in_row, 0] - mask_offset, pairs[in_row, 1] - word_idx[0]] = True
-            mask_embeds.append(pool_mask_embeddings(feats[b], row_logits))
+            mask_embeds.append(pool_mask_embeddings(feats[i], row_logits))
             row_words.append(word_embeds[word_idx])
             positives.append(pos)
             mask_offset += k

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pancapchain.constants import BOX_CLOSE, BOX_GRID, BOX_OPEN, LOC_BINS
+from pancapchain.constants import BOX_CLOSE, BOX_GRID, BOX_OPEN, LOC_BINS, LOC_TOKENS
 from pancapchain.data.boxes import find_box_groups
 
 META_KEY = "box_features"  # pancap_meta.json: true when the model was trained with these hooks
@@ -48,18 +48,44 @@ def patch_weights(boxes: Sequence[Sequence[float]], grid: int) -> torch.Tensor:
 
     Boxes are (x1, y1, x2, y2) in [0, 1] on the padded square the image processor feeds the tower. A box too thin
     to cover any patch area reads the patch under its centre."""
-    edges = torch.arange(grid + 1, dtype=torch.float32) / grid
-    weights = torch.zeros(grid, grid)
-    for x1, y1, x2, y2 in boxes:
-        wx = (torch.minimum(edges[1:], torch.tensor(x2)) - torch.maximum(edges[:-1], torch.tensor(x1))).clamp(min=0)
-        wy = (torch.minimum(edges[1:], torch.tensor(y2)) - torch.maximum(edges[:-1], torch.tensor(y1))).clamp(min=0)
-        weights = torch.maximum(weights, torch.outer(wy, wx) * grid * grid)
-    if weights.sum() <= 0 and boxes:
-        x1, y1, x2, y2 = boxes[0]
-        col = min(max(int((x1 + x2) / 2 * grid), 0), grid - 1)
-        row = min(max(int((y1 + y2) / 2 * grid), 0), grid - 1)
-        weights[row, col] = 1.0
-    return weights.flatten()
+    if not boxes:
+        return torch.zeros(grid * grid)
+    return group_patch_weights(torch.tensor(boxes, dtype=torch.float32), torch.zeros(len(boxes), dtype=torch.long),
+                               1, grid)[0]
+
+
+def group_patch_weights(boxes: torch.Tensor, groups: torch.Tensor, n_groups: int, grid: int) -> torch.Tensor:
+    """:func:`patch_weights` of many box groups at once.
+
+    boxes: (M, 4) float xyxy in [0, 1]; groups: (M,) long, the group of each box, every group in [0, n_groups)
+    present and its boxes in their written order. Returns (n_groups, grid*grid): per group, each patch's largest
+    share inside one of its boxes; a group that covers no area reads the patch under its first box's centre."""
+    edges = torch.arange(grid + 1, dtype=boxes.dtype) / grid
+    lo, hi = edges[:-1], edges[1:]
+    wx = (torch.minimum(hi, boxes[:, 2:3]) - torch.maximum(lo, boxes[:, 0:1])).clamp(min=0)  # (M, grid)
+    wy = (torch.minimum(hi, boxes[:, 3:4]) - torch.maximum(lo, boxes[:, 1:2])).clamp(min=0)
+    per_box = (wy[:, :, None] * wx[:, None, :]).flatten(1) * grid * grid  # (M, grid*grid)
+    weights = per_box.new_zeros((n_groups, grid * grid))
+    weights.scatter_reduce_(0, groups[:, None].expand_as(per_box), per_box, reduce="amax")
+    empty = (weights.sum(1) <= 0).nonzero().flatten()
+    if len(empty):
+        first = torch.full((n_groups,), len(groups), dtype=torch.long).scatter_reduce(
+            0, groups, torch.arange(len(groups)), reduce="amin")
+        centre = boxes[first[empty]]
+        col = ((centre[:, 0] + centre[:, 2]) / 2 * grid).long().clamp(0, grid - 1)
+        row = ((centre[:, 1] + centre[:, 3]) / 2 * grid).long().clamp(0, grid - 1)
+        weights[empty, row * grid + col] = 1.0
+    return weights
+
+
+def location_bin_lookup(tokenizer) -> torch.Tensor:
+    """(V,) long: the bin i of each <loc_i> token id, -1 for every other id (V covers the tokenizer's ids)."""
+    ids = tokenizer.convert_tokens_to_ids(list(LOC_TOKENS))
+    known = [(i, b) for b, i in enumerate(ids) if i is not None and i != tokenizer.unk_token_id]
+    lookup = torch.full((max([len(tokenizer)] + [i + 1 for i, _ in known]),), -1, dtype=torch.long)
+    for token_id, b in known:
+        lookup[token_id] = b
+    return lookup
 
 
 class BoxFeatures:
@@ -78,6 +104,7 @@ class BoxFeatures:
         self.tokenizer = tokenizer
         self.span = span
         self._stop_ids = span_stop_ids(tokenizer)
+        self._bin_of_id = location_bin_lookup(tokenizer)
         self._ids: torch.Tensor | None = None  # (B, T) tokens of the sequence so far
         self._images: list[torch.Tensor] = []  # per row: (N, D) image features of the prefill
         self._handles = [
@@ -110,11 +137,11 @@ class BoxFeatures:
         rows, cols, closes = self._carriers(ids, offset)
         if len(rows) == 0:
             return None
-        pooled: dict[tuple[int, int], torch.Tensor] = {}
-        for b, c in zip(rows.tolist(), closes.tolist()):
-            if (b, c) not in pooled:
-                pooled[(b, c)] = self._pool(b, c, embeds)
-        values = torch.stack([pooled[(b, c)] for b, c in zip(rows.tolist(), closes.tolist())])
+        keys = list(zip(rows.tolist(), closes.tolist()))
+        groups = list(dict.fromkeys(keys))  # each box group once, in order of first use
+        pooled = self._pool_groups(groups, embeds)
+        index = {key: i for i, key in enumerate(groups)}
+        values = pooled[[index[key] for key in keys]]
         # a word after the box keeps its identity: its feature is scaled to the word's own embedding norm
         # (image features are ~18x larger than token embeddings and would drown the word)
         after = cols != closes
@@ -139,18 +166,50 @@ class BoxFeatures:
         rows, cols = carry.nonzero(as_tuple=True)
         return rows, cols, last[rows, cols]
 
-    def _pool(self, row: int, close: int, embeds: torch.Tensor) -> torch.Tensor:
-        """(D,) mean image feature of the box group closed at ``close`` in row ``row`` (zeros without one)."""
-        image = self._images[row] if row < len(self._images) else embeds[row][:0]
-        grid = math.isqrt(len(image))
-        boxes = self._boxes(self._ids[row], close)
-        if not boxes or grid == 0:
-            return torch.zeros_like(embeds[row, 0])
-        if grid * grid != len(image):
-            raise ValueError(f"box features need a square patch grid; this row has {len(image)} image tokens "
-                             "(one image, vision_feature_select_strategy 'default')")
-        weights = patch_weights(boxes, grid).to(image.device, image.dtype)
-        return weights @ image / weights.sum()
+    def _pool_groups(self, groups: list[tuple[int, int]], embeds: torch.Tensor) -> torch.Tensor:
+        """(G, D) mean image feature of each box group ``(row, position of its </box>)``; zeros without boxes."""
+        last_open = torch.where(self._ids == self.open_id, torch.arange(self._ids.shape[1]), -1).cummax(dim=1).values
+        bins = self._location_bins(self._ids)
+        boxes, owners, grid = [], [], 0
+        for g, (row, close) in enumerate(groups):
+            image = self._images[row] if row < len(self._images) else embeds[row][:0]
+            found = self._group_boxes(row, close, int(last_open[row, close]), bins) if len(image) else None
+            if found is None or len(found) == 0:
+                continue
+            grid = math.isqrt(len(image))
+            if grid * grid != len(image):
+                raise ValueError(f"box features need a square patch grid; this row has {len(image)} image tokens "
+                                 "(one image, vision_feature_select_strategy 'default')")
+            boxes.append(found)
+            owners.append(torch.full((len(found),), g))
+        pooled = embeds.new_zeros((len(groups), embeds.shape[-1]))
+        if not boxes:
+            return pooled
+        owner = torch.cat(owners)
+        used = owner.unique()  # groups with boxes, ascending: renumbered 0..U-1 below
+        weights = group_patch_weights(torch.cat(boxes), torch.searchsorted(used, owner), len(used), grid)
+        images = torch.stack([self._images[groups[g][0]] for g in used.tolist()])  # (U, N, D)
+        weights = weights.to(images.device, images.dtype)
+        means = torch.bmm(weights[:, None, :], images)[:, 0] / weights.sum(1, keepdim=True)
+        return pooled.index_put((used,), means.to(pooled.dtype))
+
+    def _location_bins(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) the bin of each <loc_i> token, -1 for every other token (all -1 without location tokens)."""
+        lookup = self._bin_of_id
+        return torch.where(ids < len(lookup), lookup[ids.clamp(0, len(lookup) - 1)], -1)
+
+    def _group_boxes(self, row: int, close: int, open_at: int, bins: torch.Tensor) -> torch.Tensor | None:
+        """(n, 4) boxes in [0, 1] (padded square) of the group ``<box>..</box>`` closed at ``close``, or None.
+
+        A group of location tokens only is read from their bins directly (the tiny recipe's every box; decoding
+        its text costs more than the rest of this hook); any other group is parsed from its text."""
+        if open_at < 0:
+            return None
+        span = bins[row, open_at + 1 : close]
+        if len(span) and len(span) % 4 == 0 and bool((span >= 0).all()):
+            return (span.view(-1, 4).float() / LOC_BINS).clamp(0.0, 1.0)
+        found = self._boxes(self._ids[row], close)
+        return torch.tensor(found, dtype=torch.float32).reshape(-1, 4) if found else None
 
     def _boxes(self, ids: torch.Tensor, close: int) -> list[tuple[float, ...]]:
         """Boxes in [0, 1] (padded square) of the ``<box>..</box>`` group whose ``</box>`` is at ``close``."""

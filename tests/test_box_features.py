@@ -63,7 +63,7 @@ def test_a_group_of_location_tokens_is_read_from_its_bins_as_its_text_reads(grou
     bins = hooks._location_bins(hooks._ids)
     assert int((bins >= 0).sum()) == group.count("<loc_")  # every location token has its bin
     found = hooks._group_boxes(0, close, open_at, bins)
-    expected = hooks._boxes(hooks._ids[0], close)
+    expected = hooks._boxes(hooks._ids[0], open_at, close)
     assert len(expected) == n_boxes
     if n_boxes:
         assert torch.allclose(found, torch.tensor(expected))

@@ -208,15 +208,13 @@ class BoxFeatures:
         span = bins[row, open_at + 1 : close]
         if len(span) and len(span) % 4 == 0 and bool((span >= 0).all()):
             return (span.view(-1, 4).float() / LOC_BINS).clamp(0.0, 1.0)
-        found = self._boxes(self._ids[row], close)
+        found = self._boxes(self._ids[row], open_at, close)
         return torch.tensor(found, dtype=torch.float32).reshape(-1, 4) if found else None
 
-    def _boxes(self, ids: torch.Tensor, close: int) -> list[tuple[float, ...]]:
-        """Boxes in [0, 1] (padded square) of the ``<box>..</box>`` group whose ``</box>`` is at ``close``."""
-        opens = (ids[:close] == self.open_id).nonzero(as_tuple=True)[0]
-        if len(opens) == 0:
-            return []
-        groups = find_box_groups(self.tokenizer.decode(ids[int(opens[-1]) : close + 1].tolist()))
+    def _boxes(self, ids: torch.Tensor, open_at: int, close: int) -> list[tuple[float, ...]]:
+        """Boxes in [0, 1] (padded square) parsed from the text of ``ids[open_at : close + 1]``, the group opened by
+        the ``<box>`` at ``open_at`` and closed by the ``</box>`` at ``close``."""
+        groups = find_box_groups(self.tokenizer.decode(ids[open_at : close + 1].tolist()))
         if not groups or not groups[-1].tagged:  # plain [[x, ..]] groups are normalized to the image, not the square
             return []
         scale = LOC_BINS if groups[-1].binned else BOX_GRID

@@ -1,9 +1,11 @@
 """Chain speed: the paper's method (batch 1, image re-encoded at every stage) vs ours, side by side.
 
     .venv/bin/python benchmarks/chain_speed.py --model runs/demo [--images 16] [--batch-size 16]
+        [--localize-views 9 --localize-mirror --localize-view-batch 6]
 
 Both run the same model on the same synthetic validation images with the same greedy settings; the script
-prints images/s of each, the ratio, and whether every stage output of every image is identical.
+prints images/s of each, the ratio, and whether every stage output of every image is identical. With stage-1
+views it also times ours with one view per generate call against --localize-view-batch views per call.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ def paper_way(chain: PancapChain, images, options: GenerationOptions) -> list[di
     return outputs
 
 
-def our_way(chain: PancapChain, images, options: GenerationOptions, batch_size: int) -> list[dict[str, str]]:
+def our_way(chain: PancapChain, images, options: GenerationOptions, batch_size: int,
+            timings: dict[str, float] | None = None) -> list[dict[str, str]]:
     outputs = []
     for start in range(0, len(images), batch_size):
         states = [ChainState(i, im) for i, im in images[start : start + batch_size]]
-        outputs += [{s: record.raw for s, record in r.stages.items()} for r in chain.run(states, options)]
+        outputs += [{s: record.raw for s, record in r.stages.items()} for r in chain.run(states, options, timings=timings)]
     return outputs
 
 
@@ -47,11 +50,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", type=int, default=64, help="synthetic image size (as trained)")
     parser.add_argument("--max-new-tokens", type=int, default=384)
+    parser.add_argument("--localize-views", type=int, default=1, help="stage-1 views (as pancapchain infer)")
+    parser.add_argument("--localize-mirror", action="store_true")
+    parser.add_argument("--localize-view-batch", type=int, default=6, help="views per generate call, timed "
+                        "against one (with views only)")
     args = parser.parse_args()
     torch.manual_seed(0)
     chain = PancapChain.from_pretrained(args.model)
     images = [(s.id, img) for s, img in (generate_scene(i, 1234, args.size, "val") for i in range(args.images))]
-    options = GenerationOptions(max_new_tokens={s: args.max_new_tokens for s in STAGES})
+    # plain greedy decoding, as the paper's way decodes (no given-box constraint, loop steering or re-find filter)
+    options = GenerationOptions(max_new_tokens={s: args.max_new_tokens for s in STAGES}, stop_on_repeat=False,
+                                given_boxes=False, ordered_boxes=(), no_repeat_ngram=0, named_references=False,
+                                refind_iou=0.0, late_boxes=False)
 
     our_way(chain, images[:2], options, 2)  # warm-up (allocator, kernels), not timed
     started = time.perf_counter()
@@ -70,7 +80,29 @@ def main() -> None:
         first = same.index(False)
         diff = [s for s in STAGES if reference[first].get(s) != ours[first].get(s)]
         print(f"first difference: image {images[first][0]}, stages {diff}")
+    if args.localize_views > 1 or args.localize_mirror:
+        compare_view_batches(chain, images, args)
 
+
+def compare_view_batches(chain: PancapChain, images, args) -> None:
+    """Ours with the protocol's decoding and stage 1 on views (votes: a majority): one view of every image per
+    generate call vs --localize-view-batch views per call; whole chain and stage 1 alone."""
+    seconds, stage1, outputs = {}, {}, {}
+    many = args.localize_view_batch
+    for per_call in (1, many):
+        views = args.localize_views * (2 if args.localize_mirror else 1)
+        options = GenerationOptions(localize_views=args.localize_views, localize_mirror=args.localize_mirror,
+                                    localize_votes=views // 2 + 1, localize_view_batch=per_call)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        outputs[per_call] = our_way(chain, images, options, args.batch_size, timings)
+        seconds[per_call], stage1[per_call] = time.perf_counter() - started, timings["localize"]
+    same = sum(a == b for a, b in zip(outputs[1], outputs[many]))
+    for per_call in (1, many):
+        print(f"{options.total_views} views, {per_call} per call: {seconds[per_call]:7.2f} s "
+              f"({len(images) / seconds[per_call]:6.2f} images/s), stage 1 {stage1[per_call]:6.2f} s")
+    print(f"speed-up: chain {seconds[1] / seconds[many]:.2f}x, stage 1 {stage1[1] / stage1[many]:.2f}x   "
+          f"identical outputs: {same == len(images)} ({same}/{len(images)} images)")
 
 if __name__ == "__main__":
     main()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,6 +67,31 @@ def test_batched_equals_one_at_a_time_and_the_reencoding_reference(chain, images
         text, truncated = chain.generator.generate_reencoding(prompt, image, chain.system, OPTS.for_stage(stage))
         chain.set_output(state, stage, text, prompt, truncated)
     assert {s: o.raw for s, o in state.outputs.items()} == _raw(batched)[1]
+
+
+def test_views_decoded_together_answer_as_one_view_per_call(chain, images, monkeypatch):
+    """Stage 1 over 6 views of 3 images of different sizes: 1, 4 or all 6 views per generate call write the same
+    text for every view of every image (rows are view-major either way), and the later stages the same answers.
+    (Which row is which view is checked with a scripted model in tests/test_views.py.)"""
+    calls: list[list[str]] = []
+    generate = chain.generator.generate
+
+    def recording(prompts, *args, **kwargs):
+        answers = generate(prompts, *args, **kwargs)
+        calls.append([a.text for a in answers])
+        return answers
+
+    monkeypatch.setattr(chain.generator, "generate", recording)
+    outcome = {}
+    for per_call, rows in [(1, [3] * 6), (4, [12, 6]), (6, [18])]:
+        calls.clear()
+        options = replace(OPTS, localize_views=3, localize_mirror=True, localize_votes=2,
+                          localize_view_batch=per_call)
+        results = chain.run([ChainState(i, im) for i, im in images], options)
+        assert [len(c) for c in calls[:len(rows)]] == rows
+        view_texts = [text for call in calls[:len(rows)] for text in call]
+        outcome[per_call] = (view_texts, _raw(results))
+    assert any(outcome[1][0]) and outcome[1] == outcome[4] == outcome[6]
 
 
 def test_given_stage_output_feeds_the_next_prompt_and_stop_after(chain, images):

@@ -79,6 +79,8 @@ def test_suppression_drops_an_overlapping_entity_fewer_views_found():
     assert len(fuse_box_lists(views, votes=2, suppress_iou=0.95)) == 4  # not overlapping that much
     with pytest.raises(ValueError, match="localize_suppress"):
         GenerationOptions(localize_views=3, localize_votes=2, localize_suppress=1.5)
+    with pytest.raises(ValueError, match="localize_view_batch=0"):
+        GenerationOptions(localize_views=3, localize_view_batch=0)
 
 
 def test_generation_options_check_views_and_votes():
@@ -130,6 +132,13 @@ def test_the_chain_votes_stage1_over_shifted_views_and_stage2_reads_the_voted_li
     assert [it.boxes for it in out.items] == [((0.312, 0.156, 0.562, 0.469),)]
     assert out.raw == "<box>[[312, 156, 562, 469]]</box>" and not out.truncated
     assert chain.stage_prompt("label", state).endswith(out.raw)
+    seen.clear()  # two images, their five views in two generate calls: each image votes its own views
+    other = ChainState("other", _square_image(box=(36, 30, 52, 46)))
+    chain.run_stage("localize", [state, other], [state.image, other.image],
+                    GenerationOptions(localize_views=5, localize_votes=3, localize_view_batch=3))
+    assert len(seen) == 10 and state.outputs["localize"].raw == out.raw
+    assert [it.boxes for it in other.outputs["localize"].items] == [((0.562, 0.469, 0.812, 0.719),)]
+    assert [len(boxes) for boxes in state.view_boxes] == [2, 1, 1, 1, 1]  # the spurious box: first row only
     seen.clear()
     chain.run_stage("localize", [state], [state.image], GenerationOptions(localize_mirror=True, localize_votes=2))
     assert seen == [(20, 10, 36, 30), (28, 10, 44, 30)]  # the image, then its mirror image

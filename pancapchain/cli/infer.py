@@ -55,6 +55,10 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--discover-seen", type=int, default=0,
                         help="stage 1 with views: drop a stage-3 find that fewer than this many views boxed "
                              "(IoU >= 0.5; default 0 keeps every find)")
+    parser.add_argument("--localize-view-batch", type=int, default=1,
+                        help="stage 1 with views: decode this many views of every image in one generate call "
+                             "(rows per call: --batch-size x this; the answers are the same, more is faster on a "
+                             "CPU and needs that much more memory on a GPU; default 1)")
     parser.add_argument("--device", default="cpu")
 
 
@@ -84,6 +88,7 @@ def check_generation_args(args: argparse.Namespace) -> None:
         raise PreflightError("--discover-seen counts the stage-1 views that boxed a find: it needs --localize-views > 1 "
                              "or --localize-mirror")
     preflight.in_range(getattr(args, "discover_seen", 0), 0, views, "--discover-seen")
+    preflight.at_least(getattr(args, "localize_view_batch", 1), 1, "--localize-view-batch")
     if getattr(args, "reference_tags", ""):
         if getattr(args, "free_references", False):
             raise PreflightError("--reference-tags sets the tags of the rule --free-references turns off: drop one")
@@ -127,7 +132,8 @@ def generation_options(args: argparse.Namespace):
                              localize_votes=localize_votes(args),
                              localize_mirror=getattr(args, "localize_mirror", False),
                              localize_suppress=getattr(args, "localize_suppress", 0.0),
-                             discover_seen=getattr(args, "discover_seen", 0))
+                             discover_seen=getattr(args, "discover_seen", 0),
+                             localize_view_batch=getattr(args, "localize_view_batch", 1))
 
 
 def total_views(args: argparse.Namespace) -> int:

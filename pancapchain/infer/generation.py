@@ -70,6 +70,9 @@ class GenerationOptions:
     localize_suppress: float = 0.0
     # with views: a stage-3 find is kept only when at least this many views boxed it (0: every find is kept)
     discover_seen: int = 0
+    # with views: this many views of every image go through one generate call (rows per call: images x this).
+    # Greedy answers do not depend on it; a CPU decodes more rows per call faster, a GPU needs the memory.
+    localize_view_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -92,6 +95,8 @@ class GenerationOptions:
         if not 0 <= self.discover_seen <= self.total_views or (self.discover_seen and self.total_views == 1):
             raise ValueError(f"discover_seen={self.discover_seen}: 0 (off) or 1..{self.total_views} (the views), "
                              "with more than one view")
+        if self.localize_view_batch < 1:
+            raise ValueError(f"localize_view_batch={self.localize_view_batch}: at least 1 view per generate call")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}
         if unknown:
             raise ValueError(f"max_new_tokens has unknown stages {sorted(unknown)}")

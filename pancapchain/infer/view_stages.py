@@ -29,20 +29,25 @@ def view_states(states: Sequence, views: list[list[View]], index: int) -> list:
 
 def run_localize_views(chain, states: Sequence, features, options: GenerationOptions) -> None:
     """Stage 1 decoded on every view of each image and voted into one box list; the stored raw text is the voted
-    list, cut if any view was cut. Each state keeps its views' boxes (on the original) for ``discover_seen``."""
+    list, cut if any view was cut. Each state keeps its views' boxes (on the original) for ``discover_seen``.
+    ``options.localize_view_batch`` views of every state share one generate call."""
     prompts = [chain.stage_prompt("localize", s) for s in states]
     views = state_views(chain, states, options)
     boxes: list[list[list]] = [[] for _ in states]  # per state, per view: boxes on the original image
     cut = [False] * len(states)
-    for index in range(options.total_views):
-        moved = view_states(states, views, index)
-        view_features = features if index == 0 else chain.encode(moved)
-        for i, decoded in enumerate(chain.decode_stage("localize", moved, prompts, view_features, options)):
-            state, view = states[i], views[i][index]
-            parsed = parse_stage_output("localize", decoded.text, chain.codec, state.width, state.height)
+    step = options.localize_view_batch
+    for first in range(0, options.total_views, step):
+        indices = range(first, min(first + step, options.total_views))
+        moved = [seen for index in indices for seen in view_states(states, views, index)]
+        view_features = features if list(indices) == [0] else chain.encode(moved)
+        decoded = chain.decode_stage("localize", moved, prompts * len(indices), view_features, options)
+        for row, answer in enumerate(decoded):  # rows: view-major, the states in order within each view
+            i, view = row % len(states), views[row % len(states)][indices[row // len(states)]]
+            state = states[i]
+            parsed = parse_stage_output("localize", answer.text, chain.codec, state.width, state.height)
             boxes[i].append([view.box_on_original(box, state.width, state.height)
                              for item in parsed.items for box in item.boxes])
-            cut[i] = cut[i] or decoded.truncated
+            cut[i] = cut[i] or answer.truncated
     in_order = [not view.mirrored for view in views[0]] if views else []
     for i, state in enumerate(states):
         state.view_boxes = boxes[i]

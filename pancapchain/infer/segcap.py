@@ -12,8 +12,10 @@ Masks (with a mask head): one per box group of each caption, from a teacher-forc
 (segcap prompt + caption), the query being the group's last token as in training.
 
 ``region``: greedy decoding of the region prompt -> a short phrase. Its mask: region answers carry no box,
-so the box is grounded the way the mask head was trained to in stage 2 (label): the label prompt with the
-box, answered ``<phrase> <box>``, teacher-forced; the query is that box group's last token.
+so the box is grounded through the label prompt with the box, answered ``<phrase> <box>``, teacher-forced; the
+query is that box group's last token. (The tiny recipe trains the head on caption answers only; on its
+checkpoint this grounding still matched the GT masks best: mean IoU 61.1 over 355 entities, against 60.3 with
+the answer box first and 59.2 through a one-entity caption prompt; docs/learning_quality.md.)
 """
 
 from __future__ import annotations

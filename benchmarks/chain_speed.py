@@ -19,6 +19,7 @@ from pancapchain.constants import STAGES
 from pancapchain.data.synth import generate_scene
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import GenerationOptions
+from pancapchain.infer.views import total_views
 
 
 def paper_way(chain: PancapChain, images, options: GenerationOptions) -> list[dict[str, str]]:
@@ -89,10 +90,10 @@ def compare_view_batches(chain: PancapChain, images, args) -> None:
     generate call vs --localize-view-batch views per call; whole chain and stage 1 alone."""
     seconds, stage1, outputs = {}, {}, {}
     many = args.localize_view_batch
+    majority = total_views(args.localize_views, args.localize_mirror) // 2 + 1
     for per_call in (1, many):
-        views = args.localize_views * (2 if args.localize_mirror else 1)
         options = GenerationOptions(localize_views=args.localize_views, localize_mirror=args.localize_mirror,
-                                    localize_votes=views // 2 + 1, localize_view_batch=per_call)
+                                    localize_votes=majority, localize_view_batch=per_call)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         outputs[per_call] = our_way(chain, images, options, args.batch_size, timings)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import time
 
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 
@@ -32,6 +34,7 @@ class WallClockBudget(TrainerCallback):
         self.started: float | None = None
         self.clock = time.monotonic
         self.spent = False  # True once the budget, not the epoch or step cap, ended training
+        self.synced: float | None = None  # several ranks: rank 0's elapsed fraction at the last step end
 
     def end_report(self) -> dict:
         """How the run ended, for metrics.json: ``stopped_by`` "wall_budget", or "epochs_or_steps" when the epoch or
@@ -44,6 +47,10 @@ class WallClockBudget(TrainerCallback):
         """Share of the budget used so far, in [0, 1] (0 before the first step)."""
         if self.started is None:
             return 0.0
+        return self.synced if self.synced is not None else self._own_fraction()
+
+    def _own_fraction(self) -> float:
+        """This process's share of the budget used, by its own clock (after the first step began)."""
         return min(1.0, (self.clock() - self.started) / self.seconds)
 
     def lr_factor(self, _step: int = 0) -> float:
@@ -61,10 +68,28 @@ class WallClockBudget(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.started is None:
             self.started = self.clock()
+            if _world_size() > 1:
+                self.synced = 0.0  # the first step's learning rate, before any rank's clock is shared
 
     def on_step_end(self, args, state, control, **kwargs):
+        if _world_size() > 1:
+            # The ranks' clocks differ by milliseconds: one would stop a step before the others (which then wait in
+            # the next all-reduce forever) and their learning rates would differ. Every rank takes rank 0's time.
+            self.synced = _from_rank_zero(self._own_fraction())
         if self.elapsed_fraction() >= 1.0:
             self.spent = True
             control.should_training_stop = True
             control.should_save = True  # the final checkpoint is the budget's end
         return control
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _from_rank_zero(value: float) -> float:
+    """``value`` as rank 0 has it, on every rank (one broadcast; on the GPU for NCCL, which has no CPU tensors)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    shared = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=0)
+    return float(shared.item())

@@ -96,6 +96,13 @@ def training_arguments(cfg: RecipeConfig, has_eval: bool) -> TrainingArguments:
         report_to=list(t.report_to),
         deepspeed=t.deepspeed or None,
         ddp_backend=_cpu_distributed_backend(),
+        # without it accelerate treats a multi-process launch on CPU as one process: no DDP, every rank trained its
+        # own copy of the model (parameters differed after 3 steps; tests/test_ddp_cpu.py)
+        use_cpu=not torch.cuda.is_available(),
+        # the mask head runs on the model's outputs, outside its forward: without a static graph DDP stops with
+        # "Expected to mark a variable ready only once"; every parameter takes part in every step (the head's zero
+        # anchor), which is what a static graph asks
+        ddp_static_graph=True,
         disable_tqdm=False,
         save_only_model=False,
     )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import tiny_overrides, write_dataset
 
@@ -31,10 +32,16 @@ def test_two_cpu_ranks_hold_the_same_trained_model_and_stop_on_the_same_step(tmp
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "ddp_rank_report.py"), str(tmp_path), *overrides]
-    # subprocess.run kills the launcher on timeout; torchrun's workers die with their parent's process group
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT,
-                          start_new_session=False)
-    assert done.returncode == 0, done.stderr[-4000:]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as sink:
+        launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            returncode = launcher.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:
+            _stop_with_workers(launcher)
+    assert returncode == 0, log.read_text(errors="replace")[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["distributed_type"] for r in ranks] == ["MULTI_CPU", "MULTI_CPU"]
     assert [r["wrapper"] for r in ranks] == ["DistributedDataParallel"] * 2
@@ -42,3 +49,17 @@ def test_two_cpu_ranks_hold_the_same_trained_model_and_stop_on_the_same_step(tmp
     assert ranks[0]["steps"] == ranks[1]["steps"] > 5
     assert ranks[0]["last_lr"] == ranks[1]["last_lr"]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # exactly: the same gradients and learning rates
+
+
+def _stop_with_workers(launcher: subprocess.Popen) -> None:
+    """Kill the launcher and every rank it started, if any is still running (a hang must not outlive the test)."""
+    try:
+        family = [launcher, *psutil.Process(launcher.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for process in family:
+        try:
+            process.kill()
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+    launcher.wait(timeout=30)

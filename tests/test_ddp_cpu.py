@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import tiny_overrides, write_dataset
+from launch_util import stop_launch
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
@@ -40,7 +40,7 @@ def test_two_cpu_ranks_hold_the_same_trained_model_and_stop_on_the_same_step(tmp
         except subprocess.TimeoutExpired:
             returncode = None
         finally:
-            _stop_with_workers(launcher)
+            stop_launch(launcher)
     assert returncode == 0, log.read_text(errors="replace")[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["distributed_type"] for r in ranks] == ["MULTI_CPU", "MULTI_CPU"]
@@ -50,16 +50,3 @@ def test_two_cpu_ranks_hold_the_same_trained_model_and_stop_on_the_same_step(tmp
     assert ranks[0]["last_lr"] == ranks[1]["last_lr"]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # exactly: the same gradients and learning rates
 
-
-def _stop_with_workers(launcher: subprocess.Popen) -> None:
-    """Kill the launcher and every rank it started, if any is still running (a hang must not outlive the test)."""
-    try:
-        family = [launcher, *psutil.Process(launcher.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for process in family:
-        try:
-            process.kill()
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    launcher.wait(timeout=30)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -18,10 +17,10 @@ import time
 import zlib
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from conftest import tiny_overrides, write_dataset
+from launch_util import stop_launch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -52,27 +51,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _stop_tree(proc: subprocess.Popen) -> None:
-    """Terminate the launcher and every process it started (torchrun gives each worker its own session)."""
-    try:
-        family = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        family = []
-    for target in [proc.pid, *(p.pid for p in family)]:
-        try:
-            os.kill(target, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    _, alive = psutil.wait_procs(family, timeout=10)
-    for leftover in alive:
-        leftover.kill()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _launch(log: Path, accelerate_config: str, overrides: list[str]) -> tuple[int | None, str, float]:
     """``accelerate launch --num_processes 2 train.py`` with a hard timeout; returns (rc or None, log, seconds).
 
@@ -94,7 +72,7 @@ def _launch(log: Path, accelerate_config: str, overrides: list[str]) -> tuple[in
             rc = None
         finally:
             if proc.poll() is None:
-                _stop_tree(proc)
+                stop_launch(proc)
     return rc, log.read_text(errors="replace"), time.time() - started
 
 

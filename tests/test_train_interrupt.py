@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import tiny_overrides, write_dataset
+from launch_util import stop_launch
 
 from pancapchain.cli.preflight import safetensors_problem
 
@@ -94,20 +94,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _stop_launch(proc: subprocess.Popen) -> None:
-    """Kill the launcher and its ranks (torchrun starts each rank in a session of its own)."""
-    if proc.poll() is not None:
-        return
-    family = psutil.Process(proc.pid).children(recursive=True)
-    for target in [proc, *family]:
-        try:
-            target.kill()
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            pass
-    psutil.wait_procs(family, timeout=30)
-    proc.wait(timeout=60)
-
-
 @pytest.mark.timeout(2400)
 def test_ctrl_c_under_a_two_process_launch_stops_every_rank_after_the_same_step(tmp_path):
     """``accelerate launch`` runs torch's elastic launcher in-process; a terminal's Ctrl-C reaches the launcher,
@@ -124,7 +110,7 @@ def test_ctrl_c_under_a_two_process_launch_stops_every_rank_after_the_same_step(
         proc.wait(timeout=600)
         _, stderr = _outputs(tmp_path)
     finally:
-        _stop_launch(proc)
+        stop_launch(proc)
     lines = [x for x in stderr.splitlines() if x.startswith("train.py: error: training stopped by Ctrl-C")]
     assert len(lines) == 1, stderr[-4000:]  # rank 0 says it; rank 1 stops with the same exit code, silently
     step = int(lines[0].split("after step ")[1].split()[0])

@@ -75,7 +75,7 @@ class WallClockBudget(TrainerCallback):
         if _world_size() > 1:
             # The ranks' clocks differ by milliseconds: one would stop a step before the others (which then wait in
             # the next all-reduce forever) and their learning rates would differ. Every rank takes rank 0's time.
-            self.synced = _from_rank_zero(self._own_fraction())
+            self.synced = _from_rank_zero(self._own_fraction(), args.device)
         if self.elapsed_fraction() >= 1.0:
             self.spent = True
             control.should_training_stop = True
@@ -87,9 +87,8 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _from_rank_zero(value: float) -> float:
-    """``value`` as rank 0 has it, on every rank (one broadcast; on the GPU for NCCL, which has no CPU tensors)."""
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+def _from_rank_zero(value: float, device: torch.device) -> float:
+    """``value`` as rank 0 has it, on every rank (one broadcast on the Trainer's device, as NCCL needs)."""
     shared = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(shared, src=0)
     return float(shared.item())

@@ -11,7 +11,7 @@ import yaml
 from conftest import write_synth_scenes
 
 from pancapchain.config import ConfigError, TinyModelConfig, load_recipe
-from pancapchain.constants import IGNORE_INDEX, STAGES
+from pancapchain.constants import IGNORE_INDEX, STAGES, TASKS
 from pancapchain.data.boxes import BoxCodec
 from pancapchain.data.prompts import PromptError, load_prompts
 from pancapchain.data.stage_parse import StageItem, format_items
@@ -120,6 +120,13 @@ def test_the_collator_supervises_a_conversation_row_end_to_end(tmp_path: Path):
     supervised = [t for t in labels[:n_prompt] if t != IGNORE_INDEX]
     assert supervised.count(proc.tokenizer.eos_token_id) == 2  # the stage-1 and stage-2 answers end their turns
     assert len(supervised) > 2 and labels[:n_prompt] == list(row["prompt_labels"])
+    # each supervised token is logged under its own turn's stage: localize's answer, label's, then the caption
+    stages = batch["token_stage_ids"][0].tolist()
+    turns = [TASKS[stage] for stage, label in zip(stages, labels, strict=True) if label != IGNORE_INDEX]
+    eos_at = [i for i, t in enumerate(label for label in labels if label != IGNORE_INDEX)
+              if t == proc.tokenizer.eos_token_id]
+    assert turns == (["localize"] * (eos_at[0] + 1) + ["label"] * (eos_at[1] - eos_at[0])
+                     + ["caption"] * (len(turns) - eos_at[1] - 1))
 
 
 def test_inference_asks_the_turns_training_wrote(tmp_path: Path):
@@ -172,6 +179,9 @@ def test_a_conversation_checkpoint_chains_follow_up_turns_like_the_reencoding_re
     run_training(load_recipe(None, tiny_overrides(train, out, **{"train.max_steps": "2",
                                                                  "data.chain_rows": "conversation"})))
     assert json.loads((out / "pancap_meta.json").read_text())["chain_rows"] == "conversation"
+    # the rows are caption and discover rows, yet every turn's loss is logged under its own stage
+    steps = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"][:2]
+    assert all({"loss_localize", "loss_label", "loss_caption"} <= set(step) for step in steps)
     chain, prompts = PancapChain.from_pretrained(str(out)), load_prompts()
     image = Image.open(train.parent / "images" / "s0.png").convert("RGB")
     options = GenerationOptions(max_new_tokens={s: 10 for s in STAGES}, no_repeat_ngram=0, refind_iou=0.0)

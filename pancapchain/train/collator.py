@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import ProcessorMixin
 
 from pancapchain.constants import IGNORE_INDEX, TASKS
+from pancapchain.data.task_rows import CONVERSATION_TURNS
 from pancapchain.mask.supervision import mask_batch
 from pancapchain.model.chat import completion_text, stage_token_ids
 
@@ -30,6 +31,9 @@ class PancapCollator:
         input_ids, attention_mask, labels: (B, L) long; labels are IGNORE_INDEX on prompt, image and padding.
         pixel_values: (B, 3, S, S) float.
         stage_ids: (B,) long, index into TASKS (the four stages, then segcap and region).
+        token_stage_ids: (B, L) long, the TASKS index of the answer each label belongs to: the row's stage, or in a
+            conversation row the turn's (its earlier answers are localize, then label), so per-stage losses are
+            logged per turn.
         loss_weights: (B,) float, the recipe's per-stage weight.
         sample_ids: list of B "sample_id/stage" strings (named in errors).
         mask_*: with ``mask_side`` > 0, the mask-head targets (see ``pancapchain.mask.supervision``).
@@ -86,6 +90,7 @@ class PancapCollator:
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
             "pixel_values": torch.as_tensor(np.stack(self.processor.image_processor(images)["pixel_values"])),
             "stage_ids": torch.tensor([TASKS.index(row["stage"]) for row in rows]),
+            "token_stage_ids": torch.tensor([token_stages(lab, row["stage"], width) for row, lab in zip(rows, labels)]),
             "loss_weights": torch.tensor([float(self.stage_weights.get(row["stage"], 1.0)) for row in rows]),
             "sample_ids": [f"{row['sample_id']}/{row['stage']}" for row in rows],
         }
@@ -94,3 +99,20 @@ class PancapCollator:
             answer_texts = [completion_text(row["target"]) for row in rows]
             batch.update(mask_batch(rows, prompt_lengths, self.tokenizer, answer_texts, self.mask_side))
         return batch
+
+
+def token_stages(labels: Sequence[int], stage: str, width: int) -> list[int]:
+    """The TASKS index of each of a row's ``labels`` positions, padded to ``width``: the row's ``stage``, except
+    that the k-th run of supervised labels before the last run is CONVERSATION_TURNS[k] (a conversation row's
+    earlier answers; a single-turn row has one run)."""
+    out = [TASKS.index(stage)] * width
+    runs: list[tuple[int, int]] = []
+    for i, label in enumerate(labels):
+        if label != IGNORE_INDEX:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+    for (start, end), turn in zip(runs[:-1], CONVERSATION_TURNS[:-1]):
+        out[start:end] = [TASKS.index(turn)] * (end - start)
+    return out

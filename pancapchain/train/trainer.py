@@ -130,6 +130,7 @@ class PancapTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         stage_ids = inputs.pop("stage_ids")
+        token_stages = inputs.pop("token_stage_ids", None)
         weights = inputs.pop("loss_weights")
         sample_ids = inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
@@ -164,17 +165,19 @@ class PancapTrainer(Trainer):
                 entry = self._aux_logs.setdefault(name, [0.0, 0])
                 entry[0] += float(value.detach())
                 entry[1] += 1
-        self._record_stages(losses.detach(), mask, stage_ids, model.training)
+        if token_stages is None:  # batches built elsewhere: every label belongs to its row's stage
+            token_stages = stage_ids[:, None].expand_as(labels)
+        self._record_stages(losses.detach(), mask, token_stages[:, start + 1 :], model.training)
         if model.training:  # eval reports a non-finite loss as it is
             self._window_ids.extend(sample_ids or [])
             loss = self._guard_nonfinite(loss)
         return (loss, outputs) if return_outputs else loss
 
-    def _record_stages(self, losses, mask, stage_ids, training: bool) -> None:
-        per_sample = (losses * mask).sum(dim=1).cpu()
-        counts = mask.sum(dim=1).cpu().float()
-        self._stage_sums[training].index_add_(0, stage_ids.cpu(), per_sample)
-        self._stage_counts[training].index_add_(0, stage_ids.cpu(), counts)
+    def _record_stages(self, losses, mask, token_stages, training: bool) -> None:
+        """Add each supervised token's loss to its stage's sum. losses, mask, token_stages: (B, L-1), aligned."""
+        stages = token_stages[mask].cpu()
+        self._stage_sums[training].index_add_(0, stages, losses[mask].float().cpu())
+        self._stage_counts[training].index_add_(0, stages, torch.ones(len(stages)))
 
     def _where(self) -> str:
         return f"step {self.state.global_step + 1}, samples {self._window_ids or '?'}"

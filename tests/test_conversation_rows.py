@@ -199,3 +199,15 @@ def test_a_conversation_checkpoint_chains_follow_up_turns_like_the_reencoding_re
         text, truncated = chain.generator.generate_reencoding(prompt, image, chain.system, options.for_stage(stage))
         chain.set_output(reference, stage, text, prompt, truncated)
     assert {s: o.raw for s, o in reference.outputs.items()} == {s: o.raw for s, o in state.outputs.items()}
+
+    # a region's mask is grounded through the label turn as this checkpoint was trained to answer it: a follow-up
+    from types import SimpleNamespace
+
+    from pancapchain.infer.segcap import region
+
+    asked = []
+    chain.masks = SimpleNamespace(predict=lambda features, index, prompt, answer, h, w: asked.append(prompt) or [
+        SimpleNamespace(rle=lambda: {"size": [h, w], "counts": ""}, score=0.5)])
+    region(chain, image, [0.1, 0.2, 0.5, 0.5], max_new_tokens=4)
+    box_text = chain.codec.encode([[0.1, 0.2, 0.5, 0.5]], *image.size)
+    assert asked == [prompts.followup("label")] and asked[0].history == ((prompts.render("localize"), box_text),)

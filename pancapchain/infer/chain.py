@@ -147,10 +147,15 @@ class PancapChain:
     def stage_prompt(self, stage: str, state: ChainState) -> str:
         """The stage's user prompt, filled from the earlier stages' parsed items (the training prompts' filler)."""
         earlier = {slot: out.items for slot, out in state.outputs.items()}
+        return self.prompt_from_items(stage, earlier, state.width, state.height)
+
+    def prompt_from_items(self, stage: str, earlier: Mapping[str, Sequence[StageItem]], width: int, height: int) -> str:
+        """The stage's user prompt from the items of earlier stages (by output slot), as the checkpoint was trained:
+        a follow-up turn for label and caption when it trained ``chain_rows: conversation``."""
         if self.chain_rows == "conversation" and stage in ("label", "caption"):
-            return conversation_prompt(self.prompts, stage, earlier, codec=self.codec, width=state.width,
-                                       height=state.height, label_box_first=self.label_answer == "box_first")
-        return stage_prompt(self.prompts, stage, earlier, codec=self.codec, width=state.width, height=state.height)
+            return conversation_prompt(self.prompts, stage, earlier, codec=self.codec, width=width, height=height,
+                                       label_box_first=self.label_answer == "box_first")
+        return stage_prompt(self.prompts, stage, earlier, codec=self.codec, width=width, height=height)
 
     def set_output(self, state: ChainState, stage: str, raw: str, prompt: str = "", truncated: bool = False,
                    edited: bool = False) -> StageOutput:

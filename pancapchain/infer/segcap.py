@@ -12,8 +12,9 @@ Masks (with a mask head): one per box group of each caption, from a teacher-forc
 (segcap prompt + caption), the query being the group's last token as in training.
 
 ``region``: greedy decoding of the region prompt -> a short phrase. Its mask: region answers carry no box,
-so the box is grounded through the label prompt with the box, answered ``<phrase> <box>``, teacher-forced; the
-query is that box group's last token. (The tiny recipe trains the head on caption answers only; on its
+so the box is grounded through the label prompt with the box (a follow-up turn after stage 1 for a checkpoint
+trained with ``chain_rows: conversation``, as it learned the label stage), answered ``<phrase> <box>``,
+teacher-forced; the query is that box group's last token. (The tiny recipe trains the head on caption answers only; on its
 checkpoint this grounding still matched the GT masks best: mean IoU 61.1 over 355 entities, against 60.3 with
 the answer box first and 59.2 through a one-entity caption prompt; docs/learning_quality.md.)
 """
@@ -30,7 +31,6 @@ from pancapchain.data.boxes import BoxCodec, find_box_groups, read_user_box
 from pancapchain.data.caption_parser import caption_entities, parse_caption
 from pancapchain.data.schema import Box, validate_box
 from pancapchain.data.stage_parse import StageItem, clean_tag
-from pancapchain.data.stage_prompt import stage_prompt
 from pancapchain.infer.chain import PancapChain
 from pancapchain.infer.generation import Generator
 
@@ -145,8 +145,7 @@ def region(
     result = {"caption": text, "truncated": truncated, "box": [round(v, 4) for v in box], "box_model": box_text,
               "mask": None}
     if chain.masks is not None:
-        label_prompt = stage_prompt(chain.prompts, "label", {"localize": [StageItem(None, (box,))]},
-                                    codec=chain.codec, width=w, height=h)
+        label_prompt = chain.prompt_from_items("label", {"localize": [StageItem(None, (box,))]}, w, h)
         answer = f"{clean_tag(text) or 'entity'} {box_text}"
         [gm] = chain.masks.predict(features, 0, label_prompt, answer, h, w)
         result["mask"] = {"rle": gm.rle(), "score": round(gm.score, 4)}

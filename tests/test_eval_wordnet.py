@@ -97,6 +97,10 @@ def _nltk_wordnet(root: Path, monkeypatch):
             shutil.copy(f, root / f.name)  # nltk refuses symlinks that leave its root
     (root / "lexnames").write_text(
         "".join(f"{i:02d}\t{name}\t{CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES)))
+    # nltk >= 3.9 maps sense keys onto WordNet 3.0 when it opens a reader (for Open Multilingual WordNet); Debian's
+    # package ships no index.sense. An empty one maps nothing, and English synset lookups never use the map.
+    if not (root / "index.sense").exists():
+        (root / "index.sense").write_text("")
     return WordNetCorpusReader(str(root), None)
 
 

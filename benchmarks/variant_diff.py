@@ -11,9 +11,9 @@ Both folders must score the same images (``per_image.json``). Three reports:
    entity matched nothing.
 3. **A with B's extra entities** (an upper bound for "A adds what it missed"): every entity of B's whose box no
    box of A's overlaps at IoU >= ``NEAR_IOU`` is added to A, a hit when B matched it to an entity A missed.
-   Counted from the per-image match lists (one hit per matched entity, F1 per image, then the mean); A's own
-   figures are counted the same way and printed beside it (on the runs of docs/learning_quality.md they equal
-   the scorer's tag and loc F1 to 0.01).
+   Counted from the per-image match lists as the scorer counts them (one hit per matched entity; loc over the
+   entities that have a box; F1 per image, then the mean); A's own figures are counted the same way and printed
+   beside it (on the runs of docs/learning_quality.md they equal the scorer's tag and loc F1 to 0.01).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pancapchain.data.boxes import box_iou  # noqa: E402
 from pancapchain.eval.scores import f1_score  # noqa: E402
 
 NEAR_IOU = 0.3  # the vote's matching IoU of pancapchain.infer.views: a box this close is "on" the entity
-SIZE_GROUPS = ((1, 3), (4, 5), (6, 7), (8, 99))
+SIZE_GROUPS = ((0, 0), (1, 3), (4, 5), (6, 7), (8, None))  # GT entities per image; None: no upper bound
 
 
 def load_images(eval_dir: str) -> dict[str, dict]:
@@ -45,13 +45,15 @@ def by_scene_size(a: dict[str, dict], b: dict[str, dict]) -> list[dict]:
     groups: dict[tuple[int, int], list[str]] = defaultdict(list)
     for image_id in a:
         n = a[image_id]["counts"]["gt_entities"]
-        groups[next(g for g in SIZE_GROUPS if g[0] <= n <= g[1])].append(image_id)
+        groups[next(g for g in SIZE_GROUPS if g[0] <= n and (g[1] is None or n <= g[1]))].append(image_id)
     rows = []
     for group in SIZE_GROUPS:
         ids = groups.get(group, [])
         if not ids:
             continue
-        row = {"entities": f"{group[0]}-{group[1]}" if group[1] < 99 else f">={group[0]}", "images": len(ids)}
+        low, high = group
+        row = {"entities": f">={low}" if high is None else str(low) if low == high else f"{low}-{high}",
+               "images": len(ids)}
         for name, side in (("a", a), ("b", b)):
             for dim in ("tag", "loc"):
                 row[f"{name}_{dim}"] = sum(side[i]["scores"][dim]["f1"] for i in ids) / len(ids)
@@ -69,8 +71,8 @@ def misses(a: dict[str, dict], b: dict[str, dict]) -> Counter:
         for truth_a, truth_b in zip(gt_a, gt_b, strict=True):
             if truth_b.get("match") is None or truth_a.get("match") is not None:
                 continue
-            nearest = max(preds_a, key=lambda p: box_iou(p["box"], truth_a["box"]), default=None)
-            if nearest is None or box_iou(nearest["box"], truth_a["box"]) < NEAR_IOU:
+            nearest = max(preds_a, key=lambda p: _iou(p["box"], truth_a["box"]), default=None)
+            if nearest is None or _iou(nearest["box"], truth_a["box"]) < NEAR_IOU:
                 why["no box of A's there"] += 1
             elif nearest.get("match") is not None:
                 why["A's box there names another entity"] += 1
@@ -79,33 +81,43 @@ def misses(a: dict[str, dict], b: dict[str, dict]) -> Counter:
     return why
 
 
+def _iou(a, b) -> float:
+    """IoU of two boxes; 0 when either entity has none (judge-pipeline entities may lack a location)."""
+    return 0.0 if a is None or b is None else box_iou(a, b)
+
+
 def _f1(hits: float, n_pred: int, n_gt: int) -> float:
-    return 100 * f1_score(hits / n_pred if n_pred else 0.0, hits / n_gt if n_gt else 0.0)
+    """F1 x 100 as the scorer counts an image (pancapchain.eval.matching): no truth is perfect with no
+    prediction and 0 with any."""
+    if n_gt == 0:
+        return 100.0 if n_pred == 0 else 0.0
+    return 100 * f1_score(hits / n_pred if n_pred else 0.0, hits / n_gt)
 
 
 def with_extras(a: dict[str, dict], b: dict[str, dict]) -> dict[str, float]:
     """Mean per-image tag / loc F1 of A as counted here, and of A with B's extra entities (report 3)."""
-    sums = Counter()
+    sums: Counter = Counter({"added": 0, "added_new": 0})
     for image_id, row_a in a.items():
         ents_a, ents_b = row_a["entities"], b[image_id]["entities"]
-        n_gt = len(ents_a["gt"])
+        n_gt, n_gt_boxes = len(ents_a["gt"]), sum(t["box"] is not None for t in ents_a["gt"])
         tag_hits = sum(p.get("match") is not None for p in ents_a["pred"])
         loc_hits = sum(bool(p.get("loc_ok")) for p in ents_a["pred"])
-        n_pred = len(ents_a["pred"])
+        n_pred, n_pred_boxes = len(ents_a["pred"]), sum(p["box"] is not None for p in ents_a["pred"])
         sums["tag"] += _f1(tag_hits, n_pred, n_gt)
-        sums["loc"] += _f1(loc_hits, n_pred, n_gt)
+        sums["loc"] += _f1(loc_hits, n_pred_boxes, n_gt_boxes)
         found_by_a = {i for i, truth in enumerate(ents_a["gt"]) if truth.get("match") is not None}
         for pred in ents_b["pred"]:
-            if any(box_iou(pred["box"], own["box"]) >= NEAR_IOU for own in ents_a["pred"]):
-                continue
+            if pred["box"] is None or any(_iou(pred["box"], own["box"]) >= NEAR_IOU for own in ents_a["pred"]):
+                continue  # an entity without a box cannot be placed against A's boxes: not added
             n_pred += 1
+            n_pred_boxes += 1
             sums["added"] += 1
             if pred.get("match") is not None and pred["match"] not in found_by_a:
                 tag_hits += 1
                 loc_hits += bool(pred.get("loc_ok"))
                 sums["added_new"] += 1
         sums["tag_with"] += _f1(tag_hits, n_pred, n_gt)
-        sums["loc_with"] += _f1(loc_hits, n_pred, n_gt)
+        sums["loc_with"] += _f1(loc_hits, n_pred_boxes, n_gt_boxes)
     n = max(len(a), 1)
     return {key: value / n if key.startswith(("tag", "loc")) else value for key, value in sums.items()}
 

@@ -82,3 +82,25 @@ def test_main_refuses_folders_of_other_images(tmp_path, two_variants, capsys):
     assert "different images" in capsys.readouterr().err
     assert _module().main(list(two_variants)) == 0
     assert "+20.00" in capsys.readouterr().out
+
+
+def test_empty_scenes_and_entities_without_a_box_count_as_the_scorer_counts_them(tmp_path):
+    """An image without truth is perfect with no prediction (the scorer's rule); an entity without a box (the
+    judge pipeline writes such) neither crashes the reports nor counts in the location F1."""
+    diff = _module()
+    empty_a = _image("e", [], [], (100.0, 100.0))
+    empty_b = _image("e", [], [("sky", SKY, None, False)], (0.0, 0.0))
+    boxless_a = _image("n", [("sky", SKY, 0, True), ("red ring", RING, None, False)],
+                       [("sky", SKY, 0, True), ("red ring", RING, None, False)], (80.0, 66.67))
+    boxless_a["entities"]["pred"][1]["box"] = None
+    boxless_b = _image("n", [("sky", SKY, 0, True), ("red ring", RING, 1, True)],
+                       [("sky", SKY, 0, True), ("red ring", RING, 1, False)], (100.0, 66.67))
+    boxless_b["entities"]["pred"][1]["box"] = None
+    a = diff.load_images(_write(tmp_path / "a", [empty_a, boxless_a]))
+    b = diff.load_images(_write(tmp_path / "b", [empty_b, boxless_b]))
+    assert [row["entities"] for row in diff.by_scene_size(a, b)] == ["0", "1-3"]
+    assert diff.misses(a, b) == {"no box of A's there": 1}
+    extra = diff.with_extras(a, b)
+    # "e": perfect (no truth, no prediction); "n": tag 1 hit of 2 written, 2 truths -> 50; loc 1 of 1 box, 2 boxes
+    assert extra["tag"] == pytest.approx((100 + 50) / 2) and extra["loc"] == pytest.approx((100 + 100 * 2 / 3) / 2)
+    assert extra["added"] == 1 and extra["added_new"] == 0  # B's sky in "e"; its box-less ring is not placed

@@ -90,7 +90,9 @@ class PancapCollator:
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
             "pixel_values": torch.as_tensor(np.stack(self.processor.image_processor(images)["pixel_values"])),
             "stage_ids": torch.tensor([TASKS.index(row["stage"]) for row in rows]),
-            "token_stage_ids": torch.tensor([token_stages(lab, row["stage"], width) for row, lab in zip(rows, labels)]),
+            "token_stage_ids": torch.tensor([
+                token_stages(lab, len(prompt), row["stage"], width, self.tokenizer.eos_token_id)
+                for row, lab, (prompt, _) in zip(rows, labels, ids)]),
             "loss_weights": torch.tensor([float(self.stage_weights.get(row["stage"], 1.0)) for row in rows]),
             "sample_ids": [f"{row['sample_id']}/{row['stage']}" for row in rows],
         }
@@ -101,18 +103,15 @@ class PancapCollator:
         return batch
 
 
-def token_stages(labels: Sequence[int], stage: str, width: int) -> list[int]:
+def token_stages(labels: Sequence[int], n_prompt: int, stage: str, width: int, end_of_turn: int) -> list[int]:
     """The TASKS index of each of a row's ``labels`` positions, padded to ``width``: the row's ``stage``, except
-    that the k-th run of supervised labels before the last run is CONVERSATION_TURNS[k] (a conversation row's
-    earlier answers; a single-turn row has one run)."""
+    the supervised labels inside the prompt (``labels[:n_prompt]``: a conversation row's earlier answers, each
+    ending with ``end_of_turn``), which belong to CONVERSATION_TURNS[k] for the k-th earlier answer."""
     out = [TASKS.index(stage)] * width
-    runs: list[tuple[int, int]] = []
-    for i, label in enumerate(labels):
-        if label != IGNORE_INDEX:
-            if runs and runs[-1][1] == i:
-                runs[-1] = (runs[-1][0], i + 1)
-            else:
-                runs.append((i, i + 1))
-    for (start, end), turn in zip(runs[:-1], CONVERSATION_TURNS[:-1]):
-        out[start:end] = [TASKS.index(turn)] * (end - start)
+    turn = 0
+    for i, label in enumerate(labels[:n_prompt]):
+        if label == IGNORE_INDEX or turn >= len(CONVERSATION_TURNS) - 1:
+            continue
+        out[i] = TASKS.index(CONVERSATION_TURNS[turn])
+        turn += label == end_of_turn
     return out

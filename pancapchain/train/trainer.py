@@ -174,7 +174,8 @@ class PancapTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _record_stages(self, losses, mask, token_stages, training: bool) -> None:
-        """Add each supervised token's loss to its stage's sum. losses, mask, token_stages: (B, L-1), aligned."""
+        """Add each supervised token's loss to its stage's sum. losses, mask, token_stages: (B, L - start - 1), the
+        positions of ``labels[:, start + 1:]`` (``start``: the first scored position, see compute_loss)."""
         stages = token_stages[mask].cpu()
         self._stage_sums[training].index_add_(0, stages, losses[mask].float().cpu())
         self._stage_counts[training].index_add_(0, stages, torch.ones(len(stages)))

@@ -71,3 +71,17 @@ def test_right_padding_and_per_stage_weights(tmp_path):
     assert ((ids == image_id).sum(dim=1) == N_IMAGE_TOKENS).all()  # non-square images: same token count
     assert batch["loss_weights"].tolist() == [1.0, 0.5]
     assert batch["sample_ids"] == ["s/localize", "l/caption"]
+
+
+def test_token_stages_tell_earlier_answers_apart_by_their_end_of_turn():
+    from pancapchain.constants import IGNORE_INDEX, TASKS
+    from pancapchain.train.collator import token_stages
+
+    x, eot = IGNORE_INDEX, 9
+    # prompt (10): a localize answer, then a label answer split by an unsupervised token; then the answer (2)
+    labels = [x, 1, 2, eot, x, 3, x, 4, eot, x, 5, eot]
+    names = [TASKS[i] for i in token_stages(labels, 10, "caption", 13, eot)]
+    supervised = [name for name, label in zip(names, labels) if label != x]
+    assert supervised == ["localize"] * 3 + ["label"] * 3 + ["caption"] * 2
+    assert names[12] == "caption"  # padding keeps the row's stage
+    assert token_stages([x, x, 7, eot], 2, "label", 4, eot) == [TASKS.index("label")] * 4  # single turn

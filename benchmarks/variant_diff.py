@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pancapchain.data.boxes import box_iou  # noqa: E402
-from pancapchain.eval.scores import f1_score  # noqa: E402
+from pancapchain.eval.scores import PRF  # noqa: E402
 
 NEAR_IOU = 0.3  # the vote's matching IoU of pancapchain.infer.views: a box this close is "on" the entity
 SIZE_GROUPS = ((0, 0), (1, 3), (4, 5), (6, 7), (8, None))  # GT entities per image; None: no upper bound
@@ -91,7 +91,7 @@ def _f1(hits: float, n_pred: int, n_gt: int) -> float:
     prediction and 0 with any."""
     if n_gt == 0:
         return 100.0 if n_pred == 0 else 0.0
-    return 100 * f1_score(hits / n_pred if n_pred else 0.0, hits / n_gt)
+    return 100 * PRF.from_counts(hits, n_pred, hits, n_gt).f1
 
 
 def with_extras(a: dict[str, dict], b: dict[str, dict]) -> dict[str, float]:

@@ -14,9 +14,10 @@ Masks (with a mask head): one per box group of each caption, from a teacher-forc
 ``region``: greedy decoding of the region prompt -> a short phrase. Its mask: region answers carry no box,
 so the box is grounded through the label prompt with the box (a follow-up turn after stage 1 for a checkpoint
 trained with ``chain_rows: conversation``, the prompt it was trained to read), answered ``<phrase> <box>``
-whatever the checkpoint's ``label_answer`` layout, teacher-forced; the query is that box group's last token. (The tiny recipe trains the head on caption answers only; on its
-checkpoint this grounding still matched the GT masks best: mean IoU 61.1 over 355 entities, against 60.3 with
-the answer box first and 59.2 through a one-entity caption prompt; docs/learning_quality.md.)
+whatever the checkpoint's ``label_answer`` layout, teacher-forced; the query is that box group's last token.
+(The tiny recipe trains the head on caption answers only; on its checkpoint this grounding still matched the GT
+masks best: mean IoU 61.1 over 355 entities, against 60.3 with the answer box first and 59.2 through a
+one-entity caption prompt; docs/learning_quality.md.)
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ class PancapTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         stage_ids = inputs.pop("stage_ids")
-        token_stages = inputs.pop("token_stage_ids", None)
+        token_stages = inputs.pop("token_stage_ids")
         weights = inputs.pop("loss_weights")
         sample_ids = inputs.pop("sample_ids", None)
         labels = inputs.pop("labels")
@@ -165,8 +165,6 @@ class PancapTrainer(Trainer):
                 entry = self._aux_logs.setdefault(name, [0.0, 0])
                 entry[0] += float(value.detach())
                 entry[1] += 1
-        if token_stages is None:  # batches built elsewhere: every label belongs to its row's stage
-            token_stages = stage_ids[:, None].expand_as(labels)
         self._record_stages(losses.detach(), mask, token_stages[:, start + 1 :], model.training)
         if model.training:  # eval reports a non-finite loss as it is
             self._window_ids.extend(sample_ids or [])

@@ -36,10 +36,11 @@ echo "== 4/6 four-stage chain on the held-out scenes -> $RUN/preds.jsonl"
 rm -f "$RUN/preds.jsonl"
 # stage 1 voted over 18 views (9 shifts by half a patch, and their mirror images): an entity 7 views found is kept
 # unless it overlaps one more views found; stage-3 finds kept when 4 views boxed them (the protocol's decoding,
-# eval/synthetic_ablation.yaml; docs/learning_quality.md); 6 views of every image per generate call
+# eval/synthetic_ablation.yaml; docs/learning_quality.md); 6 views of every image per generate call; each view's
+# boxes read off the masks the head predicts from its answer before the vote
 $PY -m pancapchain infer --model "$RUN" --data "$DATA/val/val.jsonl" --out "$RUN/preds.jsonl" --batch-size 16 \
   --localize-views 9 --localize-mirror --localize-votes 7 --localize-suppress 0.4 --discover-seen 4 \
-  --localize-view-batch 6
+  --localize-view-batch 6 --localize-mask-boxes
 
 echo "== 5/6 PancapScore and mask metrics -> $RUN/eval"
 $PY -m pancapchain eval --pred "$RUN/preds.jsonl" --gt "$DATA/val/val.jsonl" --out "$RUN/eval" --no-caption-metrics

@@ -182,6 +182,8 @@ CASES = [
      "pancapchain infer", "--localize-suppress compares how many stage-1 views found two overlapping entities"),
     ("infer-discover-seen-without-views", [*INFER, "--out", "p.jsonl", "--discover-seen", "2"], "pancapchain infer",
      "--discover-seen counts the stage-1 views that boxed a find: it needs --localize-views > 1"),
+    ("infer-mask-boxes-without-views", [*INFER, "--out", "p.jsonl", "--localize-mask-boxes"], "pancapchain infer",
+     "--localize-mask-boxes moves each stage-1 view's boxes before the vote: it needs --localize-views > 1"),
     ("infer-localize-view-batch-0", [*INFER, "--out", "p.jsonl", "--localize-views", "3", "--localize-view-batch",
                                      "0"], "pancapchain infer", "--localize-view-batch 0: must be >= 1"),
     ("infer-ordered-boxes-localize", [*INFER, "--out", "p.jsonl", "--ordered-boxes", "label,localize"],

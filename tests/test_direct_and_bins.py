@@ -111,7 +111,8 @@ def test_the_ablation_protocol_validates_every_variant(tmp_path):
         load_protocol(path, ROOT)
     # decoding flags for every variant: one string, split as a shell would
     assert proto.infer_args == ("--localize-views", "9", "--localize-mirror", "--localize-votes", "7",
-                                "--localize-suppress", "0.4", "--discover-seen", "4", "--localize-view-batch", "6")
+                                "--localize-suppress", "0.4", "--discover-seen", "4", "--localize-view-batch", "6",
+                                "--localize-mask-boxes")
     path.write_text(json.dumps(dict(lm, budget_seconds=30, infer_args=["--localize-views", "9"])))
     with pytest.raises(ProtocolError, match="infer_args is one string of pancapchain infer flags"):
         load_protocol(path, ROOT)

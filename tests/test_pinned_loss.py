@@ -46,6 +46,7 @@ OVERRIDES = {
     "data.caption_mentions": "tag_first",
     "data.box_feature_span": "0",
     "data.stage_rates.discover": "null",
+    "mask.stages": "[caption,direct]",
 }
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from pancapchain.cli.infer import add_generation_args, check_generation_args, generation_options
+from pancapchain.cli.infer import (
+    add_generation_args,
+    check_chain_options,
+    check_generation_args,
+    generation_options,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +28,9 @@ def _run(args: argparse.Namespace) -> int:
         preflight.image_file(args.image, "--image")
     check_generation_args(args)
     preflight.model_dir(args.model)
-    session = ChatSession(preflight.load_chain(args.model, args.device), generation_options(args),
-                          debug=getattr(args, "debug", False))
+    chain, options = preflight.load_chain(args.model, args.device), generation_options(args)
+    check_chain_options(chain, options)
+    session = ChatSession(chain, options, debug=getattr(args, "debug", False))
     session.say("pancapchain chat: `help` lists the commands")
     if args.image:
         session.cmd_image(args.image)

@@ -59,6 +59,9 @@ def add_generation_args(parser: argparse.ArgumentParser) -> None:
                         help="stage 1 with views: decode this many views of every image in one generate call "
                              "(rows per call: --batch-size x this; the answers are the same, more is faster on a "
                              "CPU and needs that much more memory on a GPU; default 1)")
+    parser.add_argument("--localize-mask-boxes", action="store_true",
+                        help="stage 1 with views and a mask head trained on stage-1 answers: each view's boxes "
+                             "become the bounding boxes of their predicted masks before the vote")
     parser.add_argument("--device", default="cpu")
 
 
@@ -89,6 +92,9 @@ def check_generation_args(args: argparse.Namespace) -> None:
                              "or --localize-mirror")
     preflight.in_range(getattr(args, "discover_seen", 0), 0, views, "--discover-seen")
     preflight.at_least(getattr(args, "localize_view_batch", 1), 1, "--localize-view-batch")
+    if getattr(args, "localize_mask_boxes", False) and views == 1:
+        raise PreflightError("--localize-mask-boxes moves each stage-1 view's boxes before the vote: it needs "
+                             "--localize-views > 1 or --localize-mirror")
     if getattr(args, "reference_tags", ""):
         if getattr(args, "free_references", False):
             raise PreflightError("--reference-tags sets the tags of the rule --free-references turns off: drop one")
@@ -100,6 +106,15 @@ def check_generation_args(args: argparse.Namespace) -> None:
     if wrong:
         raise PreflightError(f"--ordered-boxes {args.ordered_boxes!r}: {sorted(wrong)} give no boxes; choose "
                              f"from {', '.join(GIVEN_BOX_STAGES)} or 'none'")
+
+
+def check_chain_options(chain, options) -> None:
+    """Decoding options the loaded model cannot serve (after loading: only then is its mask head known)."""
+    from pancapchain.errors import PreflightError
+
+    if options.localize_mask_boxes and chain.masks is None:
+        raise PreflightError("--localize-mask-boxes reads stage-1 boxes off the mask head, and this model has none "
+                             "(train with mask.enabled: true and localize in mask.stages)")
 
 
 def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:
@@ -133,7 +148,8 @@ def generation_options(args: argparse.Namespace):
                              localize_mirror=getattr(args, "localize_mirror", False),
                              localize_suppress=getattr(args, "localize_suppress", 0.0),
                              discover_seen=getattr(args, "discover_seen", 0),
-                             localize_view_batch=getattr(args, "localize_view_batch", 1))
+                             localize_view_batch=getattr(args, "localize_view_batch", 1),
+                             localize_mask_boxes=getattr(args, "localize_mask_boxes", False))
 
 
 def total_views(args: argparse.Namespace) -> int:
@@ -198,7 +214,9 @@ def _run(args: argparse.Namespace) -> int:
 
     state = process_state(args.device)  # None unless started by accelerate launch with several processes
     chain = load_chain(args.model, rank_device(state, args.device))
-    summary = run_inference(chain, args.data, args.out, args.batch_size, generation_options(args),
+    options = generation_options(args)
+    check_chain_options(chain, options)
+    summary = run_inference(chain, args.data, args.out, args.batch_size, options,
                             args.image_root or None, args.limit, plan=args.plan, state=state,
                             oracle_through=args.oracle_through)
     if summary is None:  # a rank other than 0: its rows were merged by rank 0

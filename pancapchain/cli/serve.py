@@ -15,7 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pancapchain.cli.infer import add_generation_args, check_generation_args, generation_options
+from pancapchain.cli.infer import (
+    add_generation_args,
+    check_chain_options,
+    check_generation_args,
+    generation_options,
+)
 
 MISSING_GRADIO = ("error: `pancapchain serve` needs gradio, which the core install leaves out: "
                   "pip install 'pancapchain[demo]' (or ./scripts/setup.sh, which installs the locked extras)")
@@ -45,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     from pancapchain.cli.preflight import load_chain
 
     chain = load_chain(args.model, args.device)
+    check_chain_options(chain, generation_options(args))
     loaded = time.perf_counter() - started
     workdir = Path(tempfile.mkdtemp(prefix="pancapchain-serve-"))
     try:

@@ -73,6 +73,9 @@ class GenerationOptions:
     # with views: this many views of every image go through one generate call (rows per call: images x this).
     # Greedy answers do not depend on it; a CPU decodes more rows per call faster, a GPU needs the memory.
     localize_view_batch: int = 1
+    # with views and a mask head: each view's stage-1 boxes become the bounding boxes of the masks the head
+    # predicts from that view's answer, before the vote (pancapchain.infer.view_stages.mask_boxes)
+    localize_mask_boxes: bool = False
 
     def __post_init__(self) -> None:
         if self.stop_after is not None and self.stop_after not in STAGES:
@@ -95,6 +98,8 @@ class GenerationOptions:
         if not 0 <= self.discover_seen <= self.total_views or (self.discover_seen and self.total_views == 1):
             raise ValueError(f"discover_seen={self.discover_seen}: 0 (off) or 1..{self.total_views} (the views), "
                              "with more than one view")
+        if self.localize_mask_boxes and self.total_views == 1:
+            raise ValueError("localize_mask_boxes moves each stage-1 view's boxes before the vote: it needs views")
         if self.localize_view_batch < 1:
             raise ValueError(f"localize_view_batch={self.localize_view_batch}: at least 1 view per generate call")
         unknown = set(self.max_new_tokens) - set(STAGES) - {DIRECT}

@@ -1,5 +1,8 @@
 """Stage 1 decoded on several views of each image and voted box by box (the views: pancapchain.infer.views).
 
+With a mask head trained on stage-1 answers, each view's boxes can first be moved onto the bounding boxes of
+their predicted masks (``GenerationOptions.localize_mask_boxes``).
+
 (Stage 2 decoded on the same views, each box keeping its most written tag, was measured and not kept: the
 caption stage writes its own tags, and the final tags did not change; docs/learning_quality.md.)
 Kept apart from chain.py, which calls it, to keep that module short.
@@ -8,6 +11,8 @@ Kept apart from chain.py, which calls it, to keep that module short.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import numpy as np
 
 from pancapchain.data.stage_parse import StageItem, format_items, parse_stage_output
 from pancapchain.infer.generation import GenerationOptions
@@ -30,7 +35,10 @@ def view_states(states: Sequence, views: list[list[View]], index: int) -> list:
 def run_localize_views(chain, states: Sequence, features, options: GenerationOptions) -> None:
     """Stage 1 decoded on every view of each image and voted into one box list; the stored raw text is the voted
     list, cut if any view was cut. Each state keeps its views' boxes (on the original) for ``discover_seen``.
-    ``options.localize_view_batch`` views of every state share one generate call."""
+    ``options.localize_view_batch`` views of every state share one generate call. ``options.localize_mask_boxes``:
+    each view's boxes are first read off their masks (:func:`mask_boxes`)."""
+    if options.localize_mask_boxes and chain.masks is None:
+        raise ValueError("localize_mask_boxes reads the mask head, and this chain has none")
     prompts = [chain.stage_prompt("localize", s) for s in states]
     views = state_views(chain, states, options)
     boxes: list[list[list]] = [[] for _ in states]  # per state, per view: boxes on the original image
@@ -45,8 +53,10 @@ def run_localize_views(chain, states: Sequence, features, options: GenerationOpt
             i, view = row % len(states), views[row % len(states)][indices[row // len(states)]]
             state = states[i]
             parsed = parse_stage_output("localize", answer.text, chain.codec, state.width, state.height)
-            boxes[i].append([view.box_on_original(box, state.width, state.height)
-                             for item in parsed.items for box in item.boxes])
+            written = [box for item in parsed.items for box in item.boxes]
+            if options.localize_mask_boxes:
+                written = mask_boxes(chain, view_features, row, prompts[i], answer.text, written, state)
+            boxes[i].append([view.box_on_original(box, state.width, state.height) for box in written])
             cut[i] = cut[i] or answer.truncated
     in_order = [not view.mirrored for view in views[0]] if views else []
     for i, state in enumerate(states):
@@ -55,3 +65,26 @@ def run_localize_views(chain, states: Sequence, features, options: GenerationOpt
                                suppress_iou=options.localize_suppress)
         raw = format_items([StageItem(None, (box,)) for box in voted], chain.codec, state.width, state.height)
         chain.set_output(state, "localize", raw if voted else "", prompts[i], cut[i])
+
+
+def mask_boxes(chain, features, index: int, prompt: str, answer: str, written: list, state) -> list:
+    """``written`` (one view's stage-1 boxes, normalized on that view) with each box that has a non-empty mask
+    replaced by its mask's bounding box; a box without one stays as written.
+
+    The masks come from the mask head over the view's answer (``features`` row ``index``: the view's image
+    features), one teacher-forced forward per view. Why: the language model writes a box at the patch grid's
+    resolution, while the head's pixel branch is 4x finer, so a head trained on stage-1 answers
+    (``mask.stages`` with localize) places the boxed shape better than the box it was given
+    (docs/learning_quality.md, "Stage-1 boxes read off their masks"; the mean of both boxes measured lower)."""
+    w, h = state.width, state.height
+    by_box = {}
+    for group_mask in chain.masks.predict(features, index, prompt, answer, h, w):
+        ys, xs = np.nonzero(group_mask.mask)
+        if len(xs):
+            box = chain.codec.decode_group(group_mask.group, w, h)[0]
+            by_box[_key(box)] = (float(xs.min()) / w, float(ys.min()) / h, float(xs.max() + 1) / w, float(ys.max() + 1) / h)
+    return [by_box.get(_key(box), box) for box in written]
+
+
+def _key(box) -> tuple:
+    return tuple(round(float(v), 5) for v in box)

@@ -233,7 +233,7 @@ def main() -> int:
         raise SystemExit(str(err)) from None
     recipe_seed = proto.recipe_for(proto.variants[names[0]]).train.seed
     seeds = seeds or [recipe_seed]
-    infer_args = proto.infer_args + tuple(shlex.split(args.infer_args))
+    extra_infer_args = tuple(shlex.split(args.infer_args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.json"
@@ -246,7 +246,8 @@ def main() -> int:
             print(f"== {key}: {'infer + eval' if args.reinfer else 'rescore'} {eval_set}", flush=True)
             variant = proto.variants[split_key(key, recipe_seed)[0]]
             results[key]["sets"][eval_set] = score(variant, key, eval_set, data, out, proto.infer_batch_size,
-                                                   rescore_only=not args.reinfer, infer_args=infer_args)
+                                                   rescore_only=not args.reinfer,
+                                                   infer_args=proto.variant_infer_args(variant, extra_infer_args))
         atomic_write_json(results_file, results)
     for key in keys if not (args.rescore or args.reinfer) else []:
         if key in results and results[key].get("budget_seconds") == proto.budget_seconds:
@@ -262,7 +263,7 @@ def main() -> int:
         for eval_set in variant.eval_sets:
             print(f"== {key}: infer + eval on {eval_set}", flush=True)
             entry["sets"][eval_set] = score(variant, key, eval_set, data, out, proto.infer_batch_size,
-                                            infer_args=infer_args)
+                                            infer_args=proto.variant_infer_args(variant, extra_infer_args))
         entry["wall_seconds"] = round(time.time() - started, 1)
         results[key] = entry
         atomic_write_json(results_file, results)

@@ -21,7 +21,7 @@ PLANS = ("chain", "no-discover", "direct")  # pancapchain.infer.chain.PLANS (not
 _TOP_KEYS = {"recipe", "budget_seconds", "pretrain_seconds", "lm_pretrain_seconds", "data", "loss_rows",
              "infer_batch_size", "infer_args", "variants"}
 _OPTIONAL_KEYS = {"pretrain_seconds", "lm_pretrain_seconds", "infer_args"}
-_VARIANT_KEYS = {"plan", "overrides", "eval_sets"}
+_VARIANT_KEYS = {"plan", "overrides", "eval_sets", "infer_args"}
 _SET_KEYS = {"n", "seed", "size"}
 
 
@@ -42,6 +42,7 @@ class Variant:
     plan: str
     overrides: dict[str, str]
     eval_sets: tuple[str, ...]
+    infer_args: tuple[str, ...] = ()  # this variant's `pancapchain infer` flags, after the protocol's
 
     def override_args(self) -> list[str]:
         """``key=value`` arguments for train.py (values as YAML text)."""
@@ -69,6 +70,10 @@ class Protocol:
     @property
     def train_seconds(self) -> float:
         return self.budget_seconds - self.pretrain_seconds - self.lm_pretrain_seconds
+
+    def variant_infer_args(self, variant: Variant, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """The `pancapchain infer` flags of ``variant``: the protocol's, the variant's, then ``extra``."""
+        return self.infer_args + variant.infer_args + tuple(extra)
 
     def recipe_for(self, variant: Variant, extra: list[str] | None = None) -> RecipeConfig:
         """The validated recipe of ``variant`` (raises ConfigError naming every problem)."""
@@ -135,7 +140,11 @@ def _variant(name: str, spec: dict, sets: set[str], problems: list[str]) -> Vari
     problems += [f"variant {name}: eval set {s!r} is not a held-out data set {sorted(sets)}"
                  for s in eval_sets if s not in sets]
     overrides = {str(k): "null" if v is None else str(v) for k, v in (spec.get("overrides") or {}).items()}
-    return Variant(name, plan, overrides, eval_sets)
+    infer_args = spec.get("infer_args") or ""
+    if not isinstance(infer_args, str):
+        problems.append(f"variant {name}: infer_args is one string of pancapchain infer flags, not {infer_args!r}")
+        infer_args = ""
+    return Variant(name, plan, overrides, eval_sets, tuple(shlex.split(infer_args)))
 
 
 # ------------------------------------------------------------------------------------------------ seeds

@@ -111,8 +111,10 @@ def test_the_ablation_protocol_validates_every_variant(tmp_path):
         load_protocol(path, ROOT)
     # decoding flags for every variant: one string, split as a shell would
     assert proto.infer_args == ("--localize-views", "9", "--localize-mirror", "--localize-votes", "7",
-                                "--localize-suppress", "0.4", "--discover-seen", "4", "--localize-view-batch", "6",
-                                "--localize-mask-boxes")
+                                "--localize-suppress", "0.4", "--discover-seen", "4", "--localize-view-batch", "6")
+    assert proto.variant_infer_args(proto.variants["chain"], ("--limit", "3"))[-3:] == (
+        "--localize-mask-boxes", "--limit", "3")
+    assert proto.variant_infer_args(proto.variants["chain_conversation"]) == proto.infer_args
     path.write_text(json.dumps(dict(lm, budget_seconds=30, infer_args=["--localize-views", "9"])))
     with pytest.raises(ProtocolError, match="infer_args is one string of pancapchain infer flags"):
         load_protocol(path, ROOT)

@@ -200,6 +200,9 @@ def test_extra_module_is_copied_and_listed(trained, tmp_path):
     assert result.meta["extra_modules"] == {"mask_head": {"weights": "mask_head.safetensors",
                                                           "config": "mask_head.json"}}
     assert json.loads((result.out / "pancap_meta.json").read_text())["extra_modules"] == result.meta["extra_modules"]
+    trained_meta = json.loads((ckpt / "pancap_meta.json").read_text())  # what inference reads from an export too
+    assert [result.meta[k] for k in ("chain_rows", "mask_stages")] == [trained_meta[k] for k in ("chain_rows",
+                                                                                                 "mask_stages")]
 
     (ckpt / "mask_head.json").unlink()
     with pytest.raises(ExportError, match="mask_head.safetensors has no mask_head.json"):

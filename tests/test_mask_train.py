@@ -105,7 +105,11 @@ def test_mask_training_checkpoint_and_chain_masks(synth, tmp_path):
         assert (folder / "mask_head.safetensors").is_file() and (folder / "mask_head.json").is_file()
 
     chain = PancapChain.from_pretrained(str(out))
-    assert chain.masks is not None
+    assert chain.masks is not None and chain.stage1_masks  # the default mask.stages supervises stage-1 answers
+    meta = json.loads((out / "pancap_meta.json").read_text())
+    (out / "pancap_meta.json").write_text(json.dumps(dict(meta, mask_stages=["caption"])))
+    assert not PancapChain.from_pretrained(str(out)).stage1_masks  # --localize-mask-boxes would refuse it
+    (out / "pancap_meta.json").write_text(json.dumps(meta))
     from PIL import Image
 
     sample = json.loads((synth / "val.jsonl").read_text().splitlines()[0])

@@ -11,6 +11,7 @@ from PIL import Image
 from pancapchain.cli.infer import check_chain_options
 from pancapchain.data.boxes import BoxCodec, find_box_groups
 from pancapchain.data.prompts import load_prompts
+from pancapchain.data.stage_parse import StageItem, format_items
 from pancapchain.errors import PreflightError
 from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.generation import Decoded, GenerationOptions
@@ -19,56 +20,87 @@ from pancapchain.infer.masks import GroupMask
 
 def _square_image(box: tuple[int, int, int, int]) -> Image.Image:
     pixels = np.zeros((64, 64, 3), dtype=np.uint8)
-    pixels[box[1] : box[3], box[0] : box[2]] = 255
+    pixels[box[1] : box[3], box[0] : box[2], 0] = 255  # one red square
     return Image.fromarray(pixels)
 
 
-def _white(image: Image.Image) -> np.ndarray:
-    return np.asarray(image)[..., 0] > 128
+def _two_squares(red: tuple[int, int, int, int], green: tuple[int, int, int, int]) -> Image.Image:
+    """An 80 x 64 image (not square: the padded square and the image frames differ) with a red and a green square."""
+    pixels = np.zeros((64, 80, 3), dtype=np.uint8)
+    for channel, (x1, y1, x2, y2) in enumerate((red, green)):
+        pixels[y1:y2, x1:x2, channel] = 255
+    return Image.fromarray(pixels)
+
+
+def _normalized(box: tuple[int, int, int, int], width: int = 80, height: int = 64) -> tuple[float, ...]:
+    return (box[0] / width, box[1] / height, box[2] / width, box[3] / height)
 
 
 def _scripted_chain(with_masks: bool = True) -> tuple[PancapChain, list]:
-    """A chain whose "model" boxes the white square of the view it is shown 8 px too wide (as a language model
-    writes a box off by a patch), and whose "mask head" segments the white square of the view row it is asked
-    about (its features are the view images themselves)."""
+    """A chain whose "model" boxes the red, then the green square of the view it is shown,
+    each 8 px too wide (as a language model writes a box off by a patch), and whose "mask head" segments the k-th
+    square for the k-th box group of the answer, on the view row it is asked about (its features are the view
+    images themselves)."""
     chain = PancapChain(None, SimpleNamespace(tokenizer=None), load_prompts(), BoxCodec("asmv2"), None)
     chain.generator.model = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(patch_size=8,
                                                                                                    image_size=64)))
     chain.encode = lambda states: [s.image for s in states]
     asked = []
 
+    def channel_masks(image: Image.Image) -> list[np.ndarray]:
+        pixels = np.asarray(image)
+        return [mask for mask in (pixels[..., 0] > 128, pixels[..., 1] > 128) if mask.any()]
+
     def scripted(prompts, sizes, features, *args, **kwargs):
         out = []
         for image in features:
-            ys, xs = np.nonzero(_white(image))
-            x1, y1, x2, y2 = (round(v * 1000 / 64) for v in (xs.min(), ys.min(), min(xs.max() + 9, 64), ys.max() + 1))
-            out.append(Decoded(f"<box>[[{x1}, {y1}, {x2}, {y2}]]</box>", False))
+            items = []
+            for mask in channel_masks(image):
+                ys, xs = np.nonzero(mask)
+                wide = (xs.min(), ys.min(), min(xs.max() + 9, image.width), ys.max() + 1)
+                items.append(StageItem(None, (_normalized(wide, image.width, image.height),)))
+            out.append(Decoded(format_items(items, chain.codec, image.width, image.height), False))
         return out
 
     def predict(features, index, prompt, answer, height, width):
         asked.append(index)
-        return [GroupMask(group, _white(features[index]), 1.0) for group in find_box_groups(answer)]
+        assert (width, height) == features[index].size
+        return [GroupMask(group, mask, 1.0)
+                for group, mask in zip(find_box_groups(answer), channel_masks(features[index]))]
 
     chain.generator.generate = scripted
     chain.masks = SimpleNamespace(predict=predict) if with_masks else None
+    chain.stage1_masks = with_masks
     return chain, asked
 
 
-def test_each_view_is_read_off_its_own_mask_before_the_vote():
-    """Two images, five shifted views each, three views per generate call: every view's box is replaced by the
-    box of the mask of that same row (a row mix-up would move the vote off the squares)."""
+def _voted(state: ChainState) -> list[tuple[float, ...]]:
+    return [it.boxes[0] for it in state.outputs["localize"].items]
+
+
+@pytest.mark.parametrize("view_batch", [1, 4])
+def test_each_view_is_read_off_its_own_masks_before_the_vote(view_batch):
+    """Two images of two squares, 3 shifted views and their mirror images: every box of every view is replaced by
+    the box of the mask of its own group in its own row (a row or group mix-up moves the vote off the squares)."""
     chain, asked = _scripted_chain()
-    first, second = ChainState("a", _square_image((20, 10, 36, 30))), ChainState("b", _square_image((36, 30, 52, 46)))
-    written = GenerationOptions(localize_views=5, localize_votes=3, localize_view_batch=3)
-    chain.run_stage("localize", [first, second], [first.image, second.image], written)
-    assert [it.boxes for it in first.outputs["localize"].items] == [((0.312, 0.156, 0.688, 0.469),)]
+    red_a, green_a, red_b, green_b = (20, 10, 36, 30), (50, 34, 70, 50), (8, 30, 24, 46), (40, 6, 60, 24)
+    first, second = ChainState("a", _two_squares(red_a, green_a)), ChainState("b", _two_squares(red_b, green_b))
+    options = GenerationOptions(localize_views=3, localize_mirror=True, localize_votes=4,
+                                localize_view_batch=view_batch)
+    chain.run_stage("localize", [first, second], [first.image, second.image], options)
+    # as written: 8 px too wide, to the right in the plain views and to the left in the mirrored ones
+    assert _voted(first)[0] == pytest.approx(_normalized((16, 10, 40, 30)), abs=2e-3)
     assert asked == []
-    read_off = GenerationOptions(localize_views=5, localize_votes=3, localize_view_batch=3, localize_mask_boxes=True)
-    chain.run_stage("localize", [first, second], [first.image, second.image], read_off)
-    assert [it.boxes for it in first.outputs["localize"].items] == [((0.312, 0.156, 0.562, 0.469),)]
-    assert [it.boxes for it in second.outputs["localize"].items] == [((0.562, 0.469, 0.812, 0.719),)]
-    assert asked == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]  # rows of the two calls: views 0-2 of both images, then 3-4
-    assert first.view_boxes[1] == [pytest.approx((0.3125, 0.15625, 0.5625, 0.46875))]  # the view's box moved back
+    options = GenerationOptions(localize_views=3, localize_mirror=True, localize_votes=4,
+                                localize_view_batch=view_batch, localize_mask_boxes=True)
+    chain.run_stage("localize", [first, second], [first.image, second.image], options)
+    for state, squares in ((first, (red_a, green_a)), (second, (red_b, green_b))):
+        assert len(_voted(state)) == 2
+        for voted, square in zip(_voted(state), squares):
+            assert voted == pytest.approx(_normalized(square), abs=2e-3)
+    rows = [row for start in range(0, 6, view_batch) for row in range(2 * min(view_batch, 6 - start))]
+    assert asked == rows  # per generate call, its rows: the views of that call, both images each
+    assert first.view_boxes[1][0] == pytest.approx(_normalized(red_a))  # a shifted view's mask box moved back
 
 
 def test_a_box_whose_mask_is_empty_stays_as_written_and_no_mask_head_is_an_error():
@@ -84,6 +116,10 @@ def test_a_box_whose_mask_is_empty_stays_as_written_and_no_mask_head_is_an_error
         headless.run_stage("localize", [state], [state.image], options)
     with pytest.raises(PreflightError, match="--localize-mask-boxes reads stage-1 boxes off the mask head"):
         check_chain_options(headless, options)
-    check_chain_options(chain, options)  # a chain with a head passes
+    check_chain_options(chain, options)  # a chain with a head trained on stage-1 answers passes
+    check_chain_options(headless, options, plan="direct")  # direct captioning has no stage 1 to read
+    chain.stage1_masks = False  # e.g. a checkpoint whose mask.stages lacks localize
+    with pytest.raises(PreflightError, match="not trained on stage-1 answers"):
+        check_chain_options(chain, options)
     with pytest.raises(ValueError, match="it needs views"):
         GenerationOptions(localize_mask_boxes=True)

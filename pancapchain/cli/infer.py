@@ -108,13 +108,19 @@ def check_generation_args(args: argparse.Namespace) -> None:
                              f"from {', '.join(GIVEN_BOX_STAGES)} or 'none'")
 
 
-def check_chain_options(chain, options) -> None:
+def check_chain_options(chain, options, plan: str = "chain") -> None:
     """Decoding options the loaded model cannot serve (after loading: only then is its mask head known)."""
     from pancapchain.errors import PreflightError
 
-    if options.localize_mask_boxes and chain.masks is None:
+    if not options.localize_mask_boxes or plan == "direct":  # direct captioning has no stage 1
+        return
+    if chain.masks is None:
         raise PreflightError("--localize-mask-boxes reads stage-1 boxes off the mask head, and this model has none "
                              "(train with mask.enabled: true and localize in mask.stages)")
+    if not chain.stage1_masks:
+        raise PreflightError("--localize-mask-boxes reads stage-1 boxes off the mask head, and this model's head was "
+                             "not trained on stage-1 answers (localize is not in its mask.stages, or its rows are "
+                             "conversations): its masks would move the boxes off; drop the flag or retrain")
 
 
 def ordered_stages(args: argparse.Namespace) -> tuple[str, ...]:
@@ -215,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
     state = process_state(args.device)  # None unless started by accelerate launch with several processes
     chain = load_chain(args.model, rank_device(state, args.device))
     options = generation_options(args)
-    check_chain_options(chain, options)
+    check_chain_options(chain, options, args.plan)
     summary = run_inference(chain, args.data, args.out, args.batch_size, options,
                             args.image_root or None, args.limit, plan=args.plan, state=state,
                             oracle_through=args.oracle_through)

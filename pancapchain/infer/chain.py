@@ -120,16 +120,19 @@ class PancapChain:
         self.codec = codec
         self.system = system
         self.masks = MaskPredictor(model, processor, mask_head.eval(), system) if mask_head is not None else None
+        # whether the head was trained on stage-1 answers (GenerationOptions.localize_mask_boxes reads them);
+        # from_pretrained sets it from the checkpoint's metadata, a caller building a chain vouches for its head
+        self.stage1_masks = mask_head is not None
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> PancapChain:
         """Load a training checkpoint or an export; prompt version, box format and system text come from its metadata."""
-        from pancapchain.model.checkpoint import load_checkpoint
+        from pancapchain.model.checkpoint import MASK_STAGES_KEY, load_checkpoint
 
         loaded = load_checkpoint(path, dtype=dtype, device=device)
         meta = loaded.meta
         head = load_mask_head(path)
-        return cls(
+        chain = cls(
             loaded.model,
             loaded.processor,
             load_prompts(meta.get("prompt_version", "v1")),
@@ -142,6 +145,10 @@ class PancapChain:
             meta.get(REFERENCE_TAGS_KEY, ()),
             meta.get("chain_rows", "stages"),
         )
+        # a conversation row's localize turn gets no mask targets (the row is a caption row to the mask targets)
+        chain.stage1_masks = head is not None and "localize" in meta.get(MASK_STAGES_KEY, ()) and \
+            chain.chain_rows == "stages"
+        return chain
 
     # ------------------------------------------------------------------------------------ prompts
     def stage_prompt(self, stage: str, state: ChainState) -> str:

@@ -69,20 +69,22 @@ def run_localize_views(chain, states: Sequence, features, options: GenerationOpt
 
 def mask_boxes(chain, features, index: int, prompt: str, answer: str, written: list, state) -> list:
     """``written`` (one view's stage-1 boxes, normalized on that view) with each box that has a non-empty mask
-    replaced by its mask's bounding box; a box without one stays as written.
+    replaced by its mask's bounding box; a box without one stays as written. A box group's mask is its first
+    box's (as in training); stage-1 groups hold one box.
 
     The masks come from the mask head over the view's answer (``features`` row ``index``: the view's image
     features), one teacher-forced forward per view. Why: the language model writes a box at the patch grid's
-    resolution, while the head's pixel branch is 4x finer, so a head trained on stage-1 answers
-    (``mask.stages`` with localize) places the boxed shape better than the box it was given
-    (docs/learning_quality.md, "Stage-1 boxes read off their masks"; the mean of both boxes measured lower)."""
+    resolution, while the head's pixel branch is finer (4x at the tiny recipe's ``mask.upsample: 2``), so a head
+    trained on stage-1 answers (``mask.stages`` with localize) places the boxed shape better than the box it was
+    given (docs/learning_quality.md, "Stage-1 boxes read off their masks"; the mean of both boxes measured lower)."""
     w, h = state.width, state.height
     by_box = {}
     for group_mask in chain.masks.predict(features, index, prompt, answer, h, w):
         ys, xs = np.nonzero(group_mask.mask)
         if len(xs):
             box = chain.codec.decode_group(group_mask.group, w, h)[0]
-            by_box[_key(box)] = (float(xs.min()) / w, float(ys.min()) / h, float(xs.max() + 1) / w, float(ys.max() + 1) / h)
+            by_box[_key(box)] = (float(xs.min()) / w, float(ys.min()) / h,
+                                 float(xs.max() + 1) / w, float(ys.max() + 1) / h)
     return [by_box.get(_key(box), box) for box in written]
 
 

@@ -26,6 +26,7 @@ from pancapchain.model.box_features import attach_box_features
 CHECKPOINT_FORMAT = "pancapchain-checkpoint/1"  # meta.json "format" of a training checkpoint
 
 META_FILE = "pancap_meta.json"
+MASK_STAGES_KEY = "mask_stages"  # the tasks whose answers the mask head was trained on ([] without a head)
 RECIPE_FILE = "recipe.yaml"
 BASE_SUBDIR = "base"
 
@@ -57,6 +58,7 @@ def checkpoint_meta(cfg: RecipeConfig, prompt_version: str, system: str | None, 
         "chain_rows": cfg.data.chain_rows,
         "stages": {k: float(v) for k, v in cfg.data.stages.items()},
         "lora": cfg.lora.enabled,
+        MASK_STAGES_KEY: list(cfg.mask.stages) if cfg.mask.enabled else [],
     }
 
 

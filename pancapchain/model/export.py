@@ -31,8 +31,10 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, Processor
 
 import pancapchain
 from pancapchain.data.io import atomic_write_json, atomic_write_text
+from pancapchain.infer.references import REFERENCE_TAGS_KEY
 from pancapchain.model.checkpoint import (
     CHECKPOINT_FORMAT,
+    MASK_STAGES_KEY,
     META_FILE,
     RECIPE_FILE,
     CheckpointError,
@@ -216,7 +218,7 @@ def load_export_processor(info: CheckpointInfo, echo: Callable[[str], None]) -> 
 
 def export_meta(info: CheckpointInfo, dtype: str, report: MergeReport | None) -> dict[str, Any]:
     keep = ("base_model", "prompt_version", "system_prompt", "box_format", "box_features", "item_order", "label_answer",
-            "caption_mentions", "stages", "box_feature_span")
+            "caption_mentions", "stages", "box_feature_span", "chain_rows", MASK_STAGES_KEY, REFERENCE_TAGS_KEY)
     return {
         "format": EXPORT_FORMAT,
         "pancapchain_version": pancapchain.__version__,

@@ -100,7 +100,7 @@ def test_each_view_is_read_off_its_own_masks_before_the_vote(view_batch):
             assert voted == pytest.approx(_normalized(square), abs=2e-3)
     rows = [row for start in range(0, 6, view_batch) for row in range(2 * min(view_batch, 6 - start))]
     assert asked == rows  # per generate call, its rows: the views of that call, both images each
-    assert first.view_boxes[1][0] == pytest.approx(_normalized(red_a))  # a shifted view's mask box moved back
+    assert first.view_boxes[1][0] == pytest.approx(_normalized(red_a))  # moved back from view 1
 
 
 def test_a_box_whose_mask_is_empty_stays_as_written_and_no_mask_head_is_an_error():

@@ -105,6 +105,16 @@ def _square_geometry(width: int, height: int) -> tuple[float, float, float]:
     return side, (side - width) / 2.0, (side - height) / 2.0
 
 
+def mask_box(mask: np.ndarray, decimals: int | None = 3) -> Box:
+    """Tight normalized xyxy box of a non-empty ``(height, width)`` mask, rounded to ``decimals`` (the synthetic
+    scenes' boxes) or exact (None: stage-1 boxes read off predicted masks, which the vote takes medians of)."""
+    height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = (cols[0] / width, rows[0] / height, (cols[-1] + 1) / width, (rows[-1] + 1) / height)
+    # numpy's round (on the float64s), not Python's: the recorded synthetic datasets were written with it
+    return tuple(float(v if decimals is None else round(v, decimals)) for v in box)  # type: ignore[return-value]
+
+
 def norm_to_grid(box: Box, width: int, height: int, grid: int = BOX_GRID) -> tuple[int, int, int, int]:
     """Normalized xyxy (original image) -> integers in [0, grid] on the centered padded square."""
     side, padx, pady = _square_geometry(width, height)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pancapchain.data.boxes import mask_box
 from pancapchain.data.schema import Box
 from pancapchain.data.synth_shapes import (
     AREA_FACTOR,
@@ -247,18 +248,6 @@ def paint_labels(layer: np.ndarray, n_stuff: int, things: list[SceneEntity]) -> 
     for offset, thing in enumerate(things):
         label[thing.full] = n_stuff + offset
     return label
-
-
-def mask_box(mask: np.ndarray) -> Box:
-    """Tight normalized xyxy box of a non-empty ``(height, width)`` mask, rounded to 3 decimals."""
-    height, width = mask.shape
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return (
-        round(cols[0] / width, 3),
-        round(rows[0] / height, 3),
-        round((cols[-1] + 1) / width, 3),
-        round((rows[-1] + 1) / height, 3),
-    )
 
 
 def resolve_visibility(

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
+from pancapchain.data.boxes import mask_box
 from pancapchain.data.stage_parse import StageItem, format_items, parse_stage_output
 from pancapchain.infer.generation import GenerationOptions
 from pancapchain.infer.views import View, fuse_box_lists, image_views
@@ -78,15 +77,7 @@ def mask_boxes(chain, features, index: int, prompt: str, answer: str, written: l
     trained on stage-1 answers (``mask.stages`` with localize) places the boxed shape better than the box it was
     given (docs/learning_quality.md, "Stage-1 boxes read off their masks"; the mean of both boxes measured lower)."""
     w, h = state.width, state.height
-    by_box = {}
-    for group_mask in chain.masks.predict(features, index, prompt, answer, h, w):
-        ys, xs = np.nonzero(group_mask.mask)
-        if len(xs):
-            box = chain.codec.decode_group(group_mask.group, w, h)[0]
-            by_box[_key(box)] = (float(xs.min()) / w, float(ys.min()) / h,
-                                 float(xs.max() + 1) / w, float(ys.max() + 1) / h)
-    return [by_box.get(_key(box), box) for box in written]
-
-
-def _key(box) -> tuple:
-    return tuple(round(float(v), 5) for v in box)
+    # keyed by the group's box as the parser decoded it (the same decode_group call, so the same floats)
+    by_box = {tuple(chain.codec.decode_group(gm.group, w, h)[0]): mask_box(gm.mask, decimals=None)
+              for gm in chain.masks.predict(features, index, prompt, answer, h, w) if gm.mask.any()}
+    return [by_box.get(tuple(box), box) for box in written]

@@ -1,11 +1,13 @@
 """Chain speed: the paper's method (batch 1, image re-encoded at every stage) vs ours, side by side.
 
     .venv/bin/python benchmarks/chain_speed.py --model runs/demo [--images 16] [--batch-size 16]
-        [--localize-views 9 --localize-mirror --localize-view-batch 6]
+        [--localize-views 9 --localize-mirror --localize-view-batch 6 [--localize-mask-boxes]]
 
 Both run the same model on the same synthetic validation images with the same greedy settings; the script
 prints images/s of each, the ratio, and whether every stage output of every image is identical. With stage-1
-views it also times ours with one view per generate call against --localize-view-batch views per call.
+views it also times ours with one view per generate call against --localize-view-batch views per call, and with
+--localize-mask-boxes (a checkpoint whose mask head was trained on stage-1 answers) the masks of stage-1 views read
+one answer per forward against one forward per generate call.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def main() -> None:
     parser.add_argument("--localize-mirror", action="store_true")
     parser.add_argument("--localize-view-batch", type=int, default=6, help="views per generate call, timed "
                         "against one (with views only)")
+    parser.add_argument("--localize-mask-boxes", action="store_true", help="also time stage-1 mask boxes: one "
+                        "answer per mask forward vs one forward per generate call (with views only)")
     args = parser.parse_args()
     torch.manual_seed(0)
     chain = PancapChain.from_pretrained(args.model)
@@ -83,6 +87,8 @@ def main() -> None:
         print(f"first difference: image {images[first][0]}, stages {diff}")
     if args.localize_views > 1 or args.localize_mirror:
         compare_view_batches(chain, images, args)
+        if args.localize_mask_boxes:
+            compare_mask_batches(chain, images, args)
 
 
 def compare_view_batches(chain: PancapChain, images, args) -> None:
@@ -104,6 +110,36 @@ def compare_view_batches(chain: PancapChain, images, args) -> None:
               f"({len(images) / seconds[per_call]:6.2f} images/s), stage 1 {stage1[per_call]:6.2f} s")
     print(f"speed-up: chain {seconds[1] / seconds[many]:.2f}x, stage 1 {stage1[1] / stage1[many]:.2f}x   "
           f"identical outputs: {same == len(images)} ({same}/{len(images)} images)")
+
+
+def compare_mask_batches(chain: PancapChain, images, args) -> None:
+    """Stage 1 on views with each view's boxes read off its masks: the masks of one answer per teacher-forced
+    forward (as before the batched predictor) vs every answer of a generate call in one forward."""
+    batched = chain.masks.predict_many
+
+    def one_at_a_time(features, requests):
+        return [batched(features, [request])[0] for request in requests]
+
+    majority = total_views(args.localize_views, args.localize_mirror) // 2 + 1
+    options = GenerationOptions(localize_views=args.localize_views, localize_mirror=args.localize_mirror,
+                                localize_votes=majority, localize_view_batch=args.localize_view_batch,
+                                localize_mask_boxes=True)
+    seconds, stage1, outputs = {}, {}, {}
+    for name, predict_many in (("one answer per forward", one_at_a_time), ("one forward per call", batched)):
+        chain.masks.predict_many = predict_many
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        outputs[name] = our_way(chain, images, options, args.batch_size, timings)
+        seconds[name], stage1[name] = time.perf_counter() - started, timings["localize"]
+        print(f"mask boxes, {name}: {seconds[name]:7.2f} s ({len(images) / seconds[name]:6.2f} images/s), "
+              f"stage 1 {stage1[name]:6.2f} s")
+    chain.masks.predict_many = batched
+    first, second = outputs.values()
+    same = sum(a == b for a, b in zip(first, second))
+    slow, fast = seconds.values()
+    print(f"speed-up: chain {slow / fast:.2f}x, stage 1 {list(stage1.values())[0] / list(stage1.values())[1]:.2f}x   "
+          f"identical outputs: {same == len(images)} ({same}/{len(images)} images)")
+
 
 if __name__ == "__main__":
     main()

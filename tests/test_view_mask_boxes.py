@@ -63,13 +63,16 @@ def _scripted_chain(with_masks: bool = True) -> tuple[PancapChain, list]:
         return out
 
     def predict(features, index, prompt, answer, height, width):
-        asked.append(index)
         assert (width, height) == features[index].size
         return [GroupMask(group, mask, 1.0)
                 for group, mask in zip(find_box_groups(answer), channel_masks(features[index]))]
 
+    def predict_many(features, requests):
+        asked.append([request.index for request in requests])
+        return [predict(features, *request) for request in requests]
+
     chain.generator.generate = scripted
-    chain.masks = SimpleNamespace(predict=predict) if with_masks else None
+    chain.masks = SimpleNamespace(predict_many=predict_many) if with_masks else None
     chain.stage1_masks = with_masks
     return chain, asked
 
@@ -98,15 +101,16 @@ def test_each_view_is_read_off_its_own_masks_before_the_vote(view_batch):
         assert len(_voted(state)) == 2
         for voted, square in zip(_voted(state), squares):
             assert voted == pytest.approx(_normalized(square), abs=2e-3)
-    rows = [row for start in range(0, 6, view_batch) for row in range(2 * min(view_batch, 6 - start))]
-    assert asked == rows  # per generate call, its rows: the views of that call, both images each
+    calls = [list(range(2 * min(view_batch, 6 - start))) for start in range(0, 6, view_batch)]
+    assert asked == calls  # one mask forward per generate call, over its rows: the call's views, both images each
     assert first.view_boxes[1][0] == pytest.approx(_normalized(red_a))  # moved back from view 1
 
 
 def test_a_box_whose_mask_is_empty_stays_as_written_and_no_mask_head_is_an_error():
     chain, _ = _scripted_chain()
-    chain.masks = SimpleNamespace(predict=lambda features, index, prompt, answer, h, w: [
-        GroupMask(group, np.zeros((h, w), dtype=bool), 0.0) for group in find_box_groups(answer)])
+    chain.masks = SimpleNamespace(predict_many=lambda features, requests: [
+        [GroupMask(group, np.zeros((r.height, r.width), dtype=bool), 0.0) for group in find_box_groups(r.answer)]
+        for r in requests])
     state = ChainState("a", _square_image((20, 10, 36, 30)))
     options = GenerationOptions(localize_views=3, localize_votes=2, localize_mask_boxes=True)
     chain.run_stage("localize", [state], [state.image], options)

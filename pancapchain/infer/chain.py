@@ -236,7 +236,7 @@ class PancapChain:
         """With a mask head: a mask for every box group of each state's caption (teacher-forced forward)."""
         if self.masks is None:
             return
-        for i, state in enumerate(states):
+        for i, state in enumerate(states):  # one answer per forward: the masks written out do not depend on the batch
             out = state.outputs["caption"]
             state.masks = self.masks.predict(features, i, out.prompt, out.raw, state.height, state.width)
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pancapchain.data.boxes import mask_box
 from pancapchain.data.stage_parse import StageItem, format_items, parse_stage_output
 from pancapchain.infer.generation import GenerationOptions
+from pancapchain.infer.masks import MaskRequest
 from pancapchain.infer.views import View, fuse_box_lists, image_views
 
 
@@ -48,14 +49,15 @@ def run_localize_views(chain, states: Sequence, features, options: GenerationOpt
         moved = [seen for index in indices for seen in view_states(states, views, index)]
         view_features = features if list(indices) == [0] else chain.encode(moved)
         decoded = chain.decode_stage("localize", moved, prompts * len(indices), view_features, options)
-        for row, answer in enumerate(decoded):  # rows: view-major, the states in order within each view
+        row_states = [states[row % len(states)] for row in range(len(decoded))]  # rows: view-major
+        written = [[box for item in parse_stage_output("localize", answer.text, chain.codec, s.width, s.height).items
+                    for box in item.boxes] for answer, s in zip(decoded, row_states)]
+        if options.localize_mask_boxes:
+            written = mask_boxes(chain, view_features, [prompts[row % len(states)] for row in range(len(decoded))],
+                                 [answer.text for answer in decoded], written, row_states)
+        for row, answer in enumerate(decoded):
             i, view = row % len(states), views[row % len(states)][indices[row // len(states)]]
-            state = states[i]
-            parsed = parse_stage_output("localize", answer.text, chain.codec, state.width, state.height)
-            written = [box for item in parsed.items for box in item.boxes]
-            if options.localize_mask_boxes:
-                written = mask_boxes(chain, view_features, row, prompts[i], answer.text, written, state)
-            boxes[i].append([view.box_on_original(box, state.width, state.height) for box in written])
+            boxes[i].append([view.box_on_original(box, states[i].width, states[i].height) for box in written[row]])
             cut[i] = cut[i] or answer.truncated
     in_order = [not view.mirrored for view in views[0]] if views else []
     for i, state in enumerate(states):
@@ -66,18 +68,23 @@ def run_localize_views(chain, states: Sequence, features, options: GenerationOpt
         chain.set_output(state, "localize", raw if voted else "", prompts[i], cut[i])
 
 
-def mask_boxes(chain, features, index: int, prompt: str, answer: str, written: list, state) -> list:
-    """``written`` (one view's stage-1 boxes, normalized on that view) with each box that has a non-empty mask
-    replaced by its mask's bounding box; a box without one stays as written. A box group's mask is its first
+def mask_boxes(chain, features, prompts: Sequence[str], answers: Sequence[str], written: Sequence[list],
+               states: Sequence) -> list[list]:
+    """Per row (``features`` row r: a view's image features; ``prompts[r]``, ``answers[r]``, ``states[r]`` its
+    image's state), ``written[r]`` (that view's stage-1 boxes, normalized on it) with each box that has a non-empty
+    mask replaced by its mask's bounding box; a box without one stays as written. A box group's mask is its first
     box's (as in training); stage-1 groups hold one box.
 
-    The masks come from the mask head over the view's answer (``features`` row ``index``: the view's image
-    features), one teacher-forced forward per view. Why: the language model writes a box at the patch grid's
-    resolution, while the head's pixel branch is finer (4x at the tiny recipe's ``mask.upsample: 2``), so a head
-    trained on stage-1 answers (``mask.stages`` with localize) places the boxed shape better than the box it was
-    given (docs/learning_quality.md, "Stage-1 boxes read off their masks"; the mean of both boxes measured lower)."""
-    w, h = state.width, state.height
-    # keyed by the group's box as the parser decoded it (the same decode_group call, so the same floats)
-    by_box = {tuple(chain.codec.decode_group(gm.group, w, h)[0]): mask_box(gm.mask, decimals=None)
-              for gm in chain.masks.predict(features, index, prompt, answer, h, w) if gm.mask.any()}
-    return [by_box.get(tuple(box), box) for box in written]
+    The masks come from the mask head over each view's answer: one teacher-forced forward for all rows
+    (``MaskPredictor.predict_many``). Why: the language model writes a box at the patch grid's resolution, while
+    the head's pixel branch is finer (4x at the tiny recipe's ``mask.upsample: 2``), so a head trained on stage-1
+    answers (``mask.stages`` with localize) places the boxed shape better than the box it was given
+    (docs/learning_quality.md, "Stage-1 boxes read off their masks"; the mean of both boxes measured lower)."""
+    requests = [MaskRequest(r, p, a, s.height, s.width) for r, (p, a, s) in enumerate(zip(prompts, answers, states))]
+    out = []
+    for boxes, masks, s in zip(written, chain.masks.predict_many(features, requests), states):
+        # keyed by the group's box as the parser decoded it (the same decode_group call, so the same floats)
+        by_box = {tuple(chain.codec.decode_group(gm.group, s.width, s.height)[0]): mask_box(gm.mask, decimals=None)
+                  for gm in masks if gm.mask.any()}
+        out.append([by_box.get(tuple(box), box) for box in boxes])
+    return out

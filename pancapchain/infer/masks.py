@@ -120,7 +120,9 @@ class MaskPredictor:
                                           device=device)
         image = BaseModelOutputWithPooling(pooler_output=[features.pooler_output[p.request.index] for p in rows])
         with self.final_states.capture():
-            self.model(input_ids=input_ids, attention_mask=attention_mask, mm_encoder_outputs={"image": image})
+            # only the final norm's states are read: logits of one position, not (B, L, vocab) of every row
+            self.model(input_ids=input_ids, attention_mask=attention_mask, mm_encoder_outputs={"image": image},
+                       logits_to_keep=1)
         hidden = self.final_states.take()  # (B, L, H)
         return [hidden[b, torch.tensor(p.positions, device=device)] for b, p in enumerate(rows)]
 

@@ -134,10 +134,9 @@ def compare_mask_batches(chain: PancapChain, images, args) -> None:
         print(f"mask boxes, {name}: {seconds[name]:7.2f} s ({len(images) / seconds[name]:6.2f} images/s), "
               f"stage 1 {stage1[name]:6.2f} s")
     chain.masks.predict_many = batched
-    first, second = outputs.values()
-    same = sum(a == b for a, b in zip(first, second))
-    slow, fast = seconds.values()
-    print(f"speed-up: chain {slow / fast:.2f}x, stage 1 {list(stage1.values())[0] / list(stage1.values())[1]:.2f}x   "
+    (slow, fast), (slow_stage1, fast_stage1) = seconds.values(), stage1.values()
+    same = sum(a == b for a, b in zip(*outputs.values()))
+    print(f"speed-up: chain {slow / fast:.2f}x, stage 1 {slow_stage1 / fast_stage1:.2f}x   "
           f"identical outputs: {same == len(images)} ({same}/{len(images)} images)")
 
 

@@ -111,13 +111,10 @@ class MaskPredictor:
     def _final_states(self, features: BaseModelOutputWithPooling, rows: Sequence[_Prepared]) -> list[Tensor]:
         """Per row, the final-norm states ``(G_row, H)`` at its box groups' positions."""
         device = next(self.model.parameters()).device
-        length = max(len(p.input_ids) for p in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([p.input_ids + [pad] * (length - len(p.input_ids)) for p in rows], device=device)
-        attention_mask = None  # without pads, the plain causal forward (one row: exactly the per-answer result)
-        if any(len(p.input_ids) < length for p in rows):
-            attention_mask = torch.tensor([[1] * len(p.input_ids) + [0] * (length - len(p.input_ids)) for p in rows],
-                                          device=device)
+        enc = self.tokenizer.pad({"input_ids": [p.input_ids for p in rows]}, padding_side="right", return_tensors="pt")
+        input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        if bool(attention_mask.all()):  # no pads: the plain causal forward (one row: exactly the per-answer result)
+            attention_mask = None
         image = BaseModelOutputWithPooling(pooler_output=[features.pooler_output[p.request.index] for p in rows])
         with self.final_states.capture():
             # only the final norm's states are read: logits of one position, not (B, L, vocab) of every row

@@ -48,13 +48,13 @@ def run_localize_views(chain, states: Sequence, features, options: GenerationOpt
         indices = range(first, min(first + step, options.total_views))
         moved = [seen for index in indices for seen in view_states(states, views, index)]
         view_features = features if list(indices) == [0] else chain.encode(moved)
-        decoded = chain.decode_stage("localize", moved, prompts * len(indices), view_features, options)
-        row_states = [states[row % len(states)] for row in range(len(decoded))]  # rows: view-major
+        row_prompts, row_states = prompts * len(indices), list(states) * len(indices)  # rows: view-major
+        decoded = chain.decode_stage("localize", moved, row_prompts, view_features, options)
         written = [[box for item in parse_stage_output("localize", answer.text, chain.codec, s.width, s.height).items
                     for box in item.boxes] for answer, s in zip(decoded, row_states)]
         if options.localize_mask_boxes:
-            written = mask_boxes(chain, view_features, [prompts[row % len(states)] for row in range(len(decoded))],
-                                 [answer.text for answer in decoded], written, row_states)
+            written = mask_boxes(chain, view_features, row_prompts, [answer.text for answer in decoded], written,
+                                 row_states)
         for row, answer in enumerate(decoded):
             i, view = row % len(states), views[row % len(states)][indices[row // len(states)]]
             boxes[i].append([view.box_on_original(box, states[i].width, states[i].height) for box in written[row]])

@@ -67,7 +67,8 @@ def every_row_mask_loss(self: MaskLoss, outputs, batch: dict) -> dict:
     positions, n_rows = batch["mask_positions"], states.shape[0]
     per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(n_rows)]
     boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(n_rows)]
-    feats, logits = self.head.forward_features(image_features_of(outputs, n_rows), per_row, boxes)
+    pixels = batch["pixel_values"] if self.head.cfg.pixel_skip else None
+    feats, logits = self.head.forward_features(image_features_of(outputs, n_rows), per_row, boxes, pixels)
     all_logits, target = torch.cat(logits), batch["mask_targets"]
     return {"mask_bce": self.weights["bce"] * sigmoid_bce_loss(all_logits, target),
             "mask_dice": self.weights["dice"] * dice_loss(all_logits, target),

@@ -184,6 +184,8 @@ class MaskSection:
     dim: int = doc("mask embedding width (256 for real models)", 64)
     upsample: int = doc("x2 stages of the pixel decoder: mask side = patch grid * 2**upsample", 2)
     box_prior: bool = doc("light head: the entity's box (from the text) as a learned +-1 prior on the logits", True)
+    pixel_skip: int = doc("light head: channels of a conv branch on the image pixels the tower saw, joined to the "
+                          "pixel decoder before its last conv, so masks follow the pixels' edges (0: off)", 0)
     stages: list[str] = doc(
         "tasks whose answers' box groups are supervised with the entity masks (tasks not trained add nothing)",
         factory=lambda: list(TASKS))
@@ -332,6 +334,9 @@ def mask_problems(mask: MaskSection) -> list[str]:
     unknown = sorted(set(mask.stages) - set(TASKS))
     if unknown:
         problems.append(f"mask.stages has unknown stages {unknown}; known: {list(TASKS)}")
+    if mask.pixel_skip < 0 or (mask.pixel_skip and mask.backend == "sam"):
+        problems.append(f"mask.pixel_skip={mask.pixel_skip}: a channel count >= 0, and only for mask.backend=light "
+                        "(the SAM backend reads the pixels itself): set mask.pixel_skip=0")
     if min(mask.bce_weight, mask.dice_weight, mask.mecl_weight) < 0 or mask.dim <= 0 or mask.upsample < 0:
         problems.append("mask weights must be >= 0, mask.dim > 0 and mask.upsample >= 0")
     return problems

@@ -15,7 +15,8 @@ from pancapchain.infer.chain import ChainState, PancapChain
 from pancapchain.infer.masks import MaskRequest
 from pancapchain.train.run import run_training
 
-MASK = {"mask.enabled": "true", "mask.dim": "16", "mask.upsample": "1", "train.max_steps": "3"}
+# a head that reads the pixels too (the tiny recipe's): the pixels of each row's own image reach the head
+MASK = {"mask.enabled": "true", "mask.dim": "16", "mask.upsample": "1", "mask.pixel_skip": "4", "train.max_steps": "3"}
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +53,17 @@ def test_predict_many_equals_one_answer_at_a_time(chain_and_images):
             assert np.mean(b.mask != o.mask) <= 0.002  # float noise of a padded batch may flip a border pixel
             assert b.score == pytest.approx(o.score, abs=1e-4)
     assert chain.masks.predict_many(features, []) == []
+
+
+def test_a_pixel_reading_head_needs_the_encoded_pixels(chain_and_images):
+    chain, images = chain_and_images
+    states = [ChainState(str(i), image) for i, image in enumerate(images)]
+    features = chain.encode(states)
+    assert chain.masks.head.cfg.pixel_skip == 4 and len(features.pixel_values) == len(images)
+    request = MaskRequest(0, chain.stage_prompt("localize", states[0]), "<box>[[100, 200, 400, 600]]</box>",
+                          images[0].height, images[0].width)
+    assert len(chain.masks.predict_many(features, [request])[0]) == 1
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    with pytest.raises(ValueError, match="pixel_skip"):
+        chain.masks.predict_many(BaseModelOutputWithPooling(pooler_output=features.pooler_output), [request])

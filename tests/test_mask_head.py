@@ -184,6 +184,63 @@ def test_light_head_overfits_three_masks():
     assert min(ious) > 0.9, ious
 
 
+def rectangles_in_pixels(n: int, side: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` images (n, 3, 2*side, 2*side): a bright rectangle at a random place on a dark ground, and its mask on
+    the head's (side x side) grid, (n, side, side)."""
+    gen = torch.Generator().manual_seed(seed)
+    images, masks = torch.full((n, 3, 2 * side, 2 * side), -1.0), torch.zeros(n, side, side)
+    for i in range(n):
+        x0, y0 = torch.randint(0, side - 4, (2,), generator=gen).tolist()
+        w, h = torch.randint(3, side - max(x0, y0), (2,), generator=gen).tolist()
+        images[i, :, 2 * y0 : 2 * (y0 + h), 2 * x0 : 2 * (x0 + w)] = 1.0
+        masks[i, y0 : y0 + h, x0 : x0 + w] = 1.0
+    return images, masks
+
+
+@pytest.mark.parametrize("skip", [0, 4])
+def test_pixel_skip_segments_what_only_the_pixels_show(skip):
+    """The patch features and the query are the same for every image; only the pixels say where the rectangle
+    is. With ``pixel_skip`` the head learns to segment it on held-out images; without it, it cannot."""
+    head = light_head(seed=0, pixel_skip=skip)
+    side = head.cfg.mask_side
+    train_images, train_masks = rectangles_in_pixels(16, side, seed=0)
+    test_images, test_masks = rectangles_in_pixels(8, side, seed=1)
+    patches, query = torch.zeros(16, GRID * GRID, CV), [torch.ones(1, D_LLM)] * 16
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(150):
+        logits = torch.cat(head(patches, query, pixels=train_images if skip else None))
+        loss = sigmoid_bce_loss(logits, train_masks) + dice_loss(logits, train_masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        pred = torch.cat(head(patches[:8], query[:8], pixels=test_images if skip else None)) > 0
+    target = test_masks.bool()
+    iou = float(((pred & target).sum((1, 2)) / (pred | target).sum((1, 2)).clamp(min=1)).mean())
+    if skip:
+        assert iou > 0.9, iou
+    else:
+        assert iou < 0.5, iou
+
+
+def test_pixel_skip_needs_pixels_and_round_trips(tmp_path):
+    head = light_head(seed=4, pixel_skip=4).eval()
+    patches, states = torch.randn(2, GRID * GRID, CV), [torch.randn(2, D_LLM), torch.randn(1, D_LLM)]
+    with pytest.raises(ValueError, match="pixel_skip"):
+        head(patches, states)
+    pixels = torch.randn(2, 3, 32, 32)
+    save_mask_head(head, tmp_path)
+    assert json.loads((tmp_path / MASK_HEAD_CONFIG).read_text())["pixel_skip"] == 4
+    loaded = load_mask_head(tmp_path)
+    with torch.no_grad():
+        for a, b in zip(head(patches, states, pixels=pixels), loaded(patches, states, pixels=pixels)):
+            assert torch.equal(a, b)
+        moved = head(patches, states, pixels=pixels.flip(-1))
+    assert not torch.equal(moved[0], head(patches, states, pixels=pixels)[0])  # the pixels are read
+    with pytest.raises(ValueError, match="pixel_skip"):
+        MaskHeadConfig(8, 8, 4, backend="sam", sam_path="x", pixel_skip=4)
+
+
 # ---------------------------------------------------------------------------------------------- SAM back-end
 
 

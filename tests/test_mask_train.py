@@ -68,9 +68,12 @@ def test_batch_without_any_mask_still_trains_every_head_parameter(synth, tmp_pat
     assert all(p.grad is not None for p in head.parameters())  # the zero-entity anchor keeps them in the graph
 
 
-def test_mask_loss_of_the_rows_with_masks_equals_the_loss_over_every_row(synth, tmp_path):
-    """The head skips rows without masks; BCE, Dice and MECL equal the head run on the whole batch."""
-    run = build_run(load_recipe(None, tiny_overrides(synth / "train.jsonl", tmp_path / "out", **MASK)))
+@pytest.mark.parametrize("pixel_skip", ["0", "4"])
+def test_mask_loss_of_the_rows_with_masks_equals_the_loss_over_every_row(synth, tmp_path, pixel_skip):
+    """The head skips rows without masks; BCE, Dice and MECL equal the head run on the whole batch (with
+    ``mask.pixel_skip``, each row's own pixels reach the head)."""
+    overrides = tiny_overrides(synth / "train.jsonl", tmp_path / "out", **MASK, **{"mask.pixel_skip": pixel_skip})
+    run = build_run(load_recipe(None, overrides))
     with_masks = [r for r in (run.train_ds[i] for i in range(len(run.train_ds))) if r["masks"]]
     rows = [dict(with_masks[0], masks=""), with_masks[0], dict(with_masks[1], masks=""), with_masks[1]]
     batch = run.trainer.data_collator(rows)
@@ -86,7 +89,8 @@ def test_mask_loss_of_the_rows_with_masks_equals_the_loss_over_every_row(synth, 
     head, positions = mask_head_of(model), batch["mask_positions"]
     per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in range(4)]
     boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in range(4)]
-    feats, logits = head.forward_features(image_features_of(outputs, 4), per_row, boxes)
+    pixels = batch["pixel_values"] if pixel_skip != "0" else None
+    feats, logits = head.forward_features(image_features_of(outputs, 4), per_row, boxes, pixels)
     target = batch["mask_targets"]
     assert torch.allclose(parts["mask_bce"], aux.weights["bce"] * sigmoid_bce_loss(torch.cat(logits), target))
     assert torch.allclose(parts["mask_dice"], aux.weights["dice"] * dice_loss(torch.cat(logits), target))

@@ -47,6 +47,7 @@ OVERRIDES = {
     "data.box_feature_span": "0",
     "data.stage_rates.discover": "null",
     "mask.stages": "[caption,direct]",
+    "mask.pixel_skip": "0",
 }
 
 

@@ -25,6 +25,14 @@ from pancapchain.infer.views import VIEW_SHIFTS, total_views
 from pancapchain.model.chat import expand_image_tokens, render_prompt
 from pancapchain.model.outputs import per_image_features
 
+
+@dataclass
+class ImageFeatures(BaseModelOutputWithPooling):
+    """The projected image features of encoded images (``pooler_output``: per image (N_tokens, D)), with the
+    pixel values the tower read (``pixel_values``: per image (3, H, W)), for a mask head that reads pixels."""
+
+    pixel_values: list | None = None
+
 # Per-stage generation budgets: boxes-only and tagged lists are short; captions are long.
 DEFAULT_MAX_NEW_TOKENS = {"localize": 512, "label": 768, "discover": 512, "caption": 1024, DIRECT: 1024}
 
@@ -141,17 +149,21 @@ class Generator:
         return next(self.model.parameters()).device
 
     @torch.no_grad()
-    def encode(self, images: Sequence[Image.Image]) -> BaseModelOutputWithPooling:
-        """Image features for ``images``: ``pooler_output`` is a list of (N_image_tokens, D) tensors."""
+    def encode(self, images: Sequence[Image.Image]) -> ImageFeatures:
+        """Image features for ``images``: ``pooler_output`` is a list of (N_image_tokens, D) tensors,
+        ``pixel_values`` the (3, H, W) inputs the tower saw (a mask head with ``pixel_skip`` reads them)."""
         pixels = self.processor.image_processor([img.convert("RGB") for img in images], return_tensors="pt")
         pixel_values = pixels["pixel_values"].to(self.device, dtype=self.model.dtype)
         out = self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
-        return BaseModelOutputWithPooling(pooler_output=per_image_features(out.pooler_output, len(images)))
+        return ImageFeatures(pooler_output=per_image_features(out.pooler_output, len(images)),
+                             pixel_values=list(pixel_values.unbind(0)))
 
     @staticmethod
-    def select(features: BaseModelOutputWithPooling, indices: Sequence[int]) -> BaseModelOutputWithPooling:
+    def select(features: ImageFeatures, indices: Sequence[int]) -> ImageFeatures:
         """The features of a subset of the encoded images, in ``indices`` order."""
-        return BaseModelOutputWithPooling(pooler_output=[features.pooler_output[i] for i in indices])
+        pixels = getattr(features, "pixel_values", None)
+        return ImageFeatures(pooler_output=[features.pooler_output[i] for i in indices],
+                             pixel_values=[pixels[i] for i in indices] if pixels is not None else None)
 
     def tokenize(self, prompts: Sequence[str], sizes: Sequence[tuple[int, int]], system: str | None):
         """Left-padded ``input_ids``/``attention_mask`` of chat-rendered prompts with expanded image tokens."""

@@ -133,13 +133,26 @@ class MaskPredictor:
                                              p.request.width, p.request.height) for g in p.groups], device=device)
                  for p in rows]
         patches = [features.pooler_output[p.request.index] for p in rows]
+        pixels = self._pixels(features, rows)
         logits: list[Tensor | None] = [None] * len(rows)
         for shape in {tuple(patch.shape) for patch in patches}:
             same = [b for b, patch in enumerate(patches) if tuple(patch.shape) == shape]
+            same_pixels = torch.stack([pixels[b] for b in same]) if pixels is not None else None
             for b, row_logits in zip(same, self.head(torch.stack([patches[b] for b in same]),
-                                                     [states[b] for b in same], [boxes[b] for b in same])):
+                                                     [states[b] for b in same], [boxes[b] for b in same],
+                                                     same_pixels)):
                 logits[b] = row_logits
         return [self._group_masks(p, row_logits) for p, row_logits in zip(rows, logits)]
+
+    def _pixels(self, features, rows: Sequence[_Prepared]) -> list[Tensor] | None:
+        """Per row, the (3, H, W) pixels its image's features came from, when the head reads pixels."""
+        if not self.head.cfg.pixel_skip:
+            return None
+        pixels = getattr(features, "pixel_values", None)
+        if pixels is None:
+            raise ValueError("this mask head reads the image pixels (pixel_skip): encode the images with "
+                             "Generator.encode, whose features carry them")
+        return [pixels[p.request.index] for p in rows]
 
     @staticmethod
     def _group_masks(row: _Prepared, logits: Tensor) -> list[GroupMask]:

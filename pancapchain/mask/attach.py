@@ -30,7 +30,8 @@ def build_mask_head(model: torch.nn.Module, mask: MaskSection) -> MaskHead:
     else:
         grid = config.vision_config.image_size // config.vision_config.patch_size
         cfg = MaskHeadConfig(hidden_size=hidden, vision_size=hidden, grid=grid, dim=mask.dim,
-                             upsample=mask.upsample, word_proj=mask.mecl_weight > 0, box_prior=mask.box_prior)
+                             upsample=mask.upsample, word_proj=mask.mecl_weight > 0, box_prior=mask.box_prior,
+                             pixel_skip=mask.pixel_skip)
     return MaskHead(cfg)
 
 

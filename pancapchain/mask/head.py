@@ -55,6 +55,7 @@ class MaskHeadConfig:
     sam_path: str = ""  # local SamModel checkpoint folder for backend="sam"
     word_proj: bool = False  # add Linear(d -> D) for MECL word embeddings (``MaskHead.word_embeddings``)
     box_prior: bool = False  # add a learned gain x (+1 inside / -1 outside the entity's box) to the logits
+    pixel_skip: int = 0  # light: channels of a conv branch on the image pixels, joined before the last conv (0: off)
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "vision_size", "grid", "dim"):
@@ -67,6 +68,10 @@ class MaskHeadConfig:
             raise ValueError(f"MaskHeadConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         if not isinstance(self.word_proj, bool):
             raise ValueError(f"MaskHeadConfig.word_proj must be true/false, got {self.word_proj!r}")
+        if not isinstance(self.pixel_skip, int) or self.pixel_skip < 0:
+            raise ValueError(f"MaskHeadConfig.pixel_skip must be an int >= 0, got {self.pixel_skip!r}")
+        if self.backend == "sam" and self.pixel_skip:
+            raise ValueError("MaskHeadConfig.pixel_skip is for backend='light' (SAM reads the pixels itself)")
         if self.backend == "sam" and not self.sam_path:
             raise ValueError("MaskHeadConfig.backend='sam' needs sam_path (a local SamModel folder)")
 
@@ -100,19 +105,40 @@ def _group_count(channels: int) -> int:
 
 
 class PixelDecoder(nn.Module):
-    """Patch-token grid ``(B, Cv, g, g)`` -> per-pixel embeddings ``(B, D, g * 2**upsample, g * 2**upsample)``."""
+    """Patch-token grid ``(B, Cv, g, g)`` -> per-pixel embeddings ``(B, D, S, S)``, S = g * 2**upsample.
 
-    def __init__(self, vision_size: int, dim: int, upsample: int):
+    ``skip`` > 0: the image the tower saw, ``(B, 3, H, W)`` (the processor's pixel_values), resampled to S x S,
+    goes through two 3x3 convolutions of ``skip`` channels that are concatenated with the upsampled patch features
+    before the last 3x3 convolution. Why: the patch tokens place an edge only to within a patch, while the shapes'
+    edges are in the pixels (the skip connection of U-Net; SAM's and Mask2Former's decoders read high-resolution
+    features the same way).
+    """
+
+    def __init__(self, vision_size: int, dim: int, upsample: int, skip: int = 0):
         super().__init__()
         groups = _group_count(dim)
         layers: list[nn.Module] = [nn.Conv2d(vision_size, dim, 1), nn.GroupNorm(groups, dim), nn.GELU()]
         for _ in range(upsample):
             layers += [nn.ConvTranspose2d(dim, dim, 2, stride=2), nn.GroupNorm(groups, dim), nn.GELU()]
-        layers.append(nn.Conv2d(dim, dim, 3, padding=1))
-        self.layers = nn.Sequential(*layers)
+        self.skip: nn.Sequential | None = None
+        if skip:
+            self.layers = nn.Sequential(*layers)
+            g = _group_count(skip)
+            self.skip = nn.Sequential(nn.Conv2d(3, skip, 3, padding=1), nn.GroupNorm(g, skip), nn.GELU(),
+                                      nn.Conv2d(skip, skip, 3, padding=1), nn.GroupNorm(g, skip), nn.GELU())
+            self.out = nn.Conv2d(dim + skip, dim, 3, padding=1)
+        else:  # one Sequential, as the heads saved before the skip branch existed
+            layers.append(nn.Conv2d(dim, dim, 3, padding=1))
+            self.layers = nn.Sequential(*layers)
 
-    def forward(self, grid_features: Tensor) -> Tensor:
-        return self.layers(grid_features)
+    def forward(self, grid_features: Tensor, pixels: Tensor | None = None) -> Tensor:
+        if self.skip is None:
+            return self.layers(grid_features)
+        if pixels is None:
+            raise ValueError("this mask head reads the image pixels (pixel_skip): pass pixels (B, 3, H, W)")
+        x = self.layers(grid_features)
+        image = nn.functional.interpolate(pixels.to(x.dtype), size=x.shape[-2:], mode="area")
+        return self.out(torch.cat([x, self.skip(image)], dim=1))
 
 
 class MaskHead(nn.Module):
@@ -130,7 +156,7 @@ class MaskHead(nn.Module):
         # spend its capacity on the shape inside the box instead of re-deriving the box from digits.
         self.box_gain = nn.Parameter(torch.tensor(1.0)) if cfg.box_prior else None
         if cfg.backend == "light":
-            self.pixel_decoder = PixelDecoder(cfg.vision_size, dim, cfg.upsample)
+            self.pixel_decoder = PixelDecoder(cfg.vision_size, dim, cfg.upsample, cfg.pixel_skip)
         else:
             self.sam = SamBackend(cfg.sam_path)
             want = (self.sam.dim, self.sam.grid, SAM_UPSAMPLE)
@@ -154,13 +180,14 @@ class MaskHead(nn.Module):
         b = patch_features.shape[0]
         return patch_features.to(self.dtype).transpose(1, 2).reshape(b, cv, g, g)
 
-    def pixel_features(self, patch_features: Tensor) -> Tensor:
-        """Light: patch tokens ``(B, Np, Cv)`` -> ``(B, D, S, S)``. SAM: pixel_values -> upsampled image
-        embeddings ``(B, D, S, S)`` (what MECL pools over; SAM's own decoder features are per prompt)."""
+    def pixel_features(self, patch_features: Tensor, pixels: Tensor | None = None) -> Tensor:
+        """Light: patch tokens ``(B, Np, Cv)`` (and, with ``cfg.pixel_skip``, the tower's input ``pixels``
+        ``(B, 3, H, W)``) -> ``(B, D, S, S)``. SAM: pixel_values -> upsampled image embeddings ``(B, D, S, S)``
+        (what MECL pools over; SAM's own decoder features are per prompt)."""
         if self.sam is not None:
             return self.sam.pixel_features(self.sam.image_embeddings(patch_features))
         assert self.pixel_decoder is not None
-        return self.pixel_decoder(self._grid(patch_features))
+        return self.pixel_decoder(self._grid(patch_features), pixels)
 
     def queries(self, entity_states: Tensor) -> Tensor:
         """LLM hidden states ``(N, d)`` -> mask embeddings ``(N, D)`` (N may be 0)."""
@@ -208,19 +235,21 @@ class MaskHead(nn.Module):
         return list(self.queries(torch.cat(entity_states)).split(counts))
 
     def forward_features(
-        self, patch_features: Tensor, entity_states: list[Tensor], boxes: list[Tensor] | None = None
+        self, patch_features: Tensor, entity_states: list[Tensor], boxes: list[Tensor] | None = None,
+        pixels: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Both outputs at once: pixel features ``(B, D, S, S)`` and per-image logits ``[(N_b, S, S)]``.
 
         ``boxes[b]`` ``(N_b, 4)``: the entities' xyxy boxes normalized on the padded square (used with
-        ``cfg.box_prior``; ignored otherwise).
+        ``cfg.box_prior``; ignored otherwise). ``pixels`` ``(B, 3, H, W)``: the images the tower saw (needed with
+        ``cfg.pixel_skip``; ignored otherwise).
         """
         side = self.cfg.mask_side
         if self.sam is not None:
             embeddings = self.sam.image_embeddings(patch_features)
             feats = self.sam.pixel_features(embeddings)
         else:
-            embeddings = feats = self.pixel_features(patch_features)
+            embeddings = feats = self.pixel_features(patch_features, pixels)
         queries = self._split_queries(entity_states, feats.shape[0])
         logits = []
         for b, q in enumerate(queries):
@@ -236,10 +265,11 @@ class MaskHead(nn.Module):
         return feats, logits
 
     def forward(
-        self, patch_features: Tensor, entity_states: list[Tensor], boxes: list[Tensor] | None = None
+        self, patch_features: Tensor, entity_states: list[Tensor], boxes: list[Tensor] | None = None,
+        pixels: Tensor | None = None,
     ) -> list[Tensor]:
         """``entity_states[b]`` ``(N_b, d)`` -> list of B mask logits ``(N_b, S, S)``; N_b = 0 -> ``(0, S, S)``."""
-        return self.forward_features(patch_features, entity_states, boxes)[1]
+        return self.forward_features(patch_features, entity_states, boxes, pixels)[1]
 
     def saved_state_dict(self) -> dict[str, Tensor]:
         """Weights that ``save_mask_head`` writes: everything except SAM's frozen parts (reloaded from sam_path)."""

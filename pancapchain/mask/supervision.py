@@ -108,7 +108,8 @@ class MaskLoss:
         image = image_features_of(outputs, states.shape[0])[rows]
         per_row = [states[b, positions[positions[:, 0] == b, 1]] for b in rows.tolist()]
         boxes = [batch["mask_boxes"][positions[:, 0] == b] for b in rows.tolist()] if "mask_boxes" in batch else None
-        feats, logits = self.head.forward_features(image, per_row, boxes)
+        pixels = batch["pixel_values"][rows] if self.head.cfg.pixel_skip else None
+        feats, logits = self.head.forward_features(image, per_row, boxes, pixels)
         all_logits = torch.cat(logits)
         target = batch["mask_targets"].to(all_logits.dtype)
         parts = {
